@@ -1,0 +1,47 @@
+# The two commands of the README: `make run` and `make test`. Everything they need is
+# installed here, into .venv at the repository root, from the hashed lock files.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint format install sweep clean lock
+
+$(BIN)/.installed: requirements-dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
+	touch $@
+
+install: $(BIN)/.installed
+
+# `make run` is a local dev server: debug on (unless set), so no secret key is required.
+run: export DJANGO_DEBUG := $(or $(DJANGO_DEBUG),1)
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py demo
+	@echo "Open http://$(HOST):$(PORT)/ and sign in with one of the accounts above."
+	$(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+sweep: install
+	$(BIN)/python manage.py sweep_streams
+
+# Re-pin after editing pyproject.toml (needs uv in the venv: .venv/bin/pip install uv).
+lock:
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --group dev --generate-hashes --python-version 3.11 -o requirements-dev.lock
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

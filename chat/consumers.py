@@ -1,0 +1,253 @@
+"""The websocket endpoint of a conversation: authenticate, validate, delegate.
+
+No model call happens here: a prompt is stored and handed to the generation registry,
+whose task outlives this socket. Every frame the runner publishes reaches this consumer
+through the conversation group and is forwarded as the text it was serialized to once.
+"""
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from chat import fanout, lifecycle, presence, protocol, replay, selectors, services
+from chat.exceptions import BadFrame, ChatError, Forbidden, NotFound
+from chat.generation import Job, registry
+from chat.models import Membership, Message
+from chat.streaming import StreamRequest
+
+log = logging.getLogger(__name__)
+
+CLOSE_NOT_SIGNED_IN = 4401
+CLOSE_NOT_MEMBER = 4403
+CLOSE_NO_CONVERSATION = 4404
+CLOSE_TOO_BIG = 1009
+
+db = database_sync_to_async
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """One open socket on `/ws/chat/<conversation_id>/`."""
+
+    conversation_id: uuid.UUID
+    membership: Membership | None = None
+    joined = False
+
+    async def connect(self) -> None:
+        lifecycle.ensure_started()
+        self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        self.group = fanout.conversation_group(self.conversation_id)
+        # Seq of each streaming message as this socket's snapshot held it: live deltas
+        # at or below it are already shown and are dropped.
+        self.snapshot_seq: dict[str, int] = {}
+        user = self.scope.get("user")
+        # Accept, then close: a refusal before accept reaches browsers as a bare HTTP 403
+        # with no code, and the page could not tell "sign in" from "not a member".
+        await self.accept()
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_NOT_SIGNED_IN)
+            return
+        self.user = user
+        self.membership = await db(selectors.membership_get)(
+            conversation_id=self.conversation_id, user=user
+        )
+        if self.membership is None:
+            exists = await db(selectors.conversation_exists)(conversation_id=self.conversation_id)
+            await self.close(code=CLOSE_NOT_MEMBER if exists else CLOSE_NO_CONVERSATION)
+            return
+        # Join the group before reading the snapshot, so no delta falls between them.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.joined = True
+        await self.send_snapshot()
+        await presence.join(str(self.conversation_id), self.channel_name, user.username)
+        await self._announce_presence()
+
+    async def disconnect(self, code: int) -> None:
+        if not self.joined:
+            return
+        self.joined = False
+        try:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await presence.leave(str(self.conversation_id), self.channel_name)
+            await self._announce_presence()
+        except Exception:
+            log.warning("cleanup after disconnect failed", exc_info=True)
+
+    # ---- client frames ------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.joined:
+            return
+        if text_data is None:
+            await self._send_error(BadFrame("Binary frames are not supported; send JSON text."))
+            return
+        if len(text_data) * 4 > settings.WS_MAX_FRAME_BYTES and (
+            len(text_data.encode("utf-8", "surrogatepass")) > settings.WS_MAX_FRAME_BYTES
+        ):
+            await self.close(code=CLOSE_TOO_BIG)
+            return
+        client_msg_id = _peek_client_msg_id(text_data)
+        try:
+            frame = protocol.parse_client_frame(text_data)
+            await self._dispatch(frame)
+        except ChatError as error:
+            await self._send_error(error, client_msg_id=client_msg_id)
+        except Exception:
+            log.exception("frame handling failed")
+            await self._send_error(
+                ChatError("The server could not handle that frame."), client_msg_id=client_msg_id
+            )
+
+    async def _dispatch(self, frame: Any) -> None:
+        if isinstance(frame, protocol.SyncFrame):
+            await self.send_snapshot()
+            return
+        membership = await self._current_membership()
+        if membership is None:
+            return
+        if not membership.can_write:
+            raise Forbidden("Viewers can read but not prompt or cancel.")
+        if isinstance(frame, protocol.PromptFrame):
+            await self._prompt(frame)
+        elif isinstance(frame, protocol.CancelFrame):
+            await self._cancel(frame.message_id)
+        elif isinstance(frame, protocol.RegenerateFrame):
+            await self._regenerate(frame.message_id)
+
+    async def _prompt(self, frame: protocol.PromptFrame) -> None:
+        submitted = await db(services.prompt_submit)(
+            conversation_id=self.conversation_id,
+            user=self.user,
+            content=frame.content,
+            client_msg_id=frame.client_msg_id,
+            model=settings.OPENAI_MODEL,
+        )
+        if not submitted.created:
+            # A retried send: the first one is stored (and running or done); show it
+            # to this socket again and start nothing.
+            await self.send(
+                text_data=protocol.dumps(
+                    protocol.message_frame(protocol.message_payload(submitted.user_message))
+                )
+            )
+            return
+        await fanout.publish_frame(
+            self.conversation_id,
+            protocol.message_frame(protocol.message_payload(submitted.user_message)),
+        )
+        await self._start(submitted.assistant_message, submitted.user_message)
+
+    async def _regenerate(self, message_id: str) -> None:
+        assistant = await db(services.regenerate_submit)(
+            conversation_id=self.conversation_id,
+            user=self.user,
+            message_id=message_id,
+            model=settings.OPENAI_MODEL,
+        )
+        prompt = await Message.objects.aget(pk=assistant.reply_to_id)
+        await self._start(assistant, prompt)
+
+    async def _start(self, assistant: Message, prompt: Message) -> None:
+        await fanout.publish_frame(
+            self.conversation_id, protocol.message_frame(protocol.message_payload(assistant))
+        )
+        history = await db(selectors.prompt_history)(
+            prompt=prompt, limit=settings.STREAM_HISTORY_MESSAGES
+        )
+        request = StreamRequest(model=settings.OPENAI_MODEL, messages=history)
+        registry.start(Job(self.conversation_id, assistant.id, request))
+
+    async def _cancel(self, message_id: str) -> None:
+        message = await db(selectors.message_get)(
+            conversation_id=self.conversation_id, message_id=message_id
+        )
+        if message is None or message.status != Message.Status.STREAMING:
+            raise NotFound("No running generation with that id in this conversation.")
+        if not registry.stop(str(message.id), "cancelled"):
+            await fanout.request_cancel(message.id)
+
+    async def _current_membership(self) -> Membership | None:
+        # Roles change and members are removed while sockets stay open: check each action.
+        self.membership = await db(selectors.membership_get)(
+            conversation_id=self.conversation_id, user=self.user
+        )
+        if self.membership is None:
+            await self.close(code=CLOSE_NOT_MEMBER)
+        return self.membership
+
+    # ---- server frames ------------------------------------------------------------
+
+    async def send_snapshot(self) -> None:
+        messages = await db(selectors.message_list)(conversation_id=self.conversation_id)
+        payloads = []
+        for message in messages:
+            payload = protocol.message_payload(message)
+            if message.status == Message.Status.STREAMING:
+                await _merge_replay_log(payload)
+                self.snapshot_seq[payload["id"]] = payload["seq"]
+            payloads.append(payload)
+        conversation = self.membership.conversation
+        frame = {
+            "type": "snapshot",
+            "conversation": {
+                "id": str(conversation.id),
+                "title": conversation.title,
+                "role": self.membership.role,
+            },
+            "messages": payloads,
+            "viewers": await presence.viewers(str(self.conversation_id)),
+        }
+        await self.send(text_data=protocol.dumps(frame))
+
+    async def _announce_presence(self) -> None:
+        viewers = await presence.viewers(str(self.conversation_id))
+        await fanout.publish_frame(self.conversation_id, {"type": "presence", "viewers": viewers})
+
+    async def _send_error(self, error: ChatError, *, client_msg_id: str | None = None) -> None:
+        await self.send(
+            text_data=protocol.dumps(protocol.error_frame(error, client_msg_id=client_msg_id))
+        )
+
+    # ---- group events -------------------------------------------------------------
+
+    async def chat_frame(self, event: dict[str, Any]) -> None:
+        """A frame for every viewer, already serialized."""
+        await self.send(text_data=event["text"])
+
+    async def chat_delta(self, event: dict[str, Any]) -> None:
+        """A delta; dropped if this socket's snapshot already held it."""
+        if event["seq"] <= self.snapshot_seq.get(event["message_id"], 0):
+            return
+        await self.send(text_data=event["text"])
+
+    async def chat_member_removed(self, event: dict[str, Any]) -> None:
+        """A member lost access: if it is this socket's user, close at once."""
+        if event["user_id"] == self.user.pk:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.close(code=CLOSE_NOT_MEMBER)
+
+
+async def _merge_replay_log(payload: dict[str, Any]) -> None:
+    """Bring a streaming message's text up to the replay log (ahead of the checkpoint)."""
+    try:
+        state = await replay.read(payload["id"])
+    except Exception:
+        log.warning("replay log unreadable; snapshot uses the checkpoint", exc_info=True)
+        return
+    if state is not None and state.seq >= payload["seq"]:
+        payload["content"], payload["seq"] = state.text, state.seq
+
+
+def _peek_client_msg_id(text: str) -> str | None:
+    """The frame's client_msg_id if it has a usable one, to label an error with it."""
+    if '"client_msg_id"' not in text:
+        return None
+    try:
+        value = json.loads(text).get("client_msg_id")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= 100 else None

@@ -1,0 +1,78 @@
+"""Group naming and publishing to the viewers of a conversation.
+
+Every server frame goes through the channel layer as `{"type": "chat.frame", "text": ...}`
+with the JSON text built once here; consumers forward the text without re-encoding.
+"""
+
+import logging
+import uuid
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+from chat import protocol
+
+log = logging.getLogger(__name__)
+
+
+def _hex(value: uuid.UUID | str) -> str:
+    # Group names allow only [a-zA-Z0-9-_.] and must stay under 100 characters: build
+    # them from validated ids, never from user text.
+    return uuid.UUID(str(value)).hex
+
+
+def conversation_group(conversation_id: uuid.UUID | str) -> str:
+    """The group every open socket of a conversation joins."""
+    return f"conv.{_hex(conversation_id)}"
+
+
+def generation_group(message_id: uuid.UUID | str) -> str:
+    """The group a running generation listens on for cancel requests from any process."""
+    return f"gen.{_hex(message_id)}"
+
+
+async def publish(conversation_id: uuid.UUID | str, event: dict[str, Any]) -> bool:
+    """Send one event to the conversation group; False (logged) if the layer failed."""
+    try:
+        await get_channel_layer().group_send(conversation_group(conversation_id), event)
+    except Exception as exc:  # the layer's errors vary by backend (Redis, capacity, ...)
+        log.warning("group_send to conversation %s failed: %r", conversation_id, exc)
+        return False
+    return True
+
+
+async def publish_frame(conversation_id: uuid.UUID | str, frame: dict[str, Any]) -> bool:
+    """Broadcast a server frame to every viewer of the conversation."""
+    return await publish(conversation_id, {"type": "chat.frame", "text": protocol.dumps(frame)})
+
+
+async def publish_delta(
+    conversation_id: uuid.UUID | str, message_id: str, seq: int, text: str
+) -> bool:
+    """Broadcast one coalesced delta; `seq` lets consumers drop what a snapshot held."""
+    return await publish(
+        conversation_id,
+        {
+            "type": "chat.delta",
+            "message_id": message_id,
+            "seq": seq,
+            "text": protocol.delta_frame_text(message_id, seq, text),
+        },
+    )
+
+
+async def request_cancel(message_id: uuid.UUID | str) -> bool:
+    """Ask the generation of this message to stop, wherever it runs."""
+    try:
+        await get_channel_layer().group_send(
+            generation_group(message_id), {"type": "generation.cancel"}
+        )
+    except Exception as exc:
+        log.warning("cancel for message %s not sent: %r", message_id, exc)
+        return False
+    return True
+
+
+async def publish_member_removed(conversation_id: uuid.UUID | str, user_id: int) -> bool:
+    """Tell every socket of the conversation that a user lost access (they close 4403)."""
+    return await publish(conversation_id, {"type": "chat.member_removed", "user_id": user_id})

@@ -1,0 +1,182 @@
+"""Runs generations as tasks owned by this process, not by the socket that asked.
+
+The originating browser may close its tab and the answer still completes and is stored.
+The registry keeps a strong reference to every task (asyncio drops unreferenced tasks),
+lets a cancel reach the runner from any process through the generation's group, and
+stores every running message as `interrupted` on shutdown.
+"""
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from chat import fanout, protocol, replay, services
+from chat.streaming import INTERRUPTED, StreamOutcome, StreamRequest, StreamRunner
+from chat.upstream import get_client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    request: StreamRequest
+
+
+class Registry:
+    """The generations running in this process."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._runners: dict[str, StreamRunner] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(self, job: Job) -> asyncio.Task[None]:
+        key = str(job.message_id)
+        task = asyncio.create_task(self._run(job), name=f"generation-{key}")
+        self._tasks[key] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+        from chat import lifecycle
+
+        lifecycle.ensure_started()
+        return task
+
+    def stop(self, message_id: str, reason: str) -> bool:
+        """Stop a generation of this process; False if it does not run here."""
+        runner = self._runners.get(str(message_id))
+        if runner is None:
+            return False
+        runner.stop(reason)
+        return True
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Store every running generation as `interrupted` with all its text so far."""
+        for runner in list(self._runners.values()):
+            runner.stop(INTERRUPTED)
+        tasks = list(self._tasks.values())
+        if tasks:
+            log.info("shutdown: storing %d running generation(s) as interrupted", len(tasks))
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def _run(self, job: Job) -> None:
+        key = str(job.message_id)
+        runner = StreamRunner(
+            get_client(),
+            job.request,
+            publish=lambda seq, text: _publish(job, seq, text),
+            checkpoint=lambda text, seq: database_sync_to_async(services.message_checkpoint)(
+                message_id=job.message_id, content=text, seq=seq
+            ),
+            flush_s=settings.STREAM_FLUSH_MS / 1000,
+            checkpoint_s=settings.STREAM_CHECKPOINT_S,
+        )
+        self._runners[key] = runner
+        listener = asyncio.create_task(_listen_for_cancel(job.message_id, runner))
+        try:
+            outcome = await runner.run()
+        except asyncio.CancelledError:
+            # The loop itself is going away: keep what we can, as `interrupted`.
+            runner.stop(INTERRUPTED)
+            outcome = runner.outcome()
+            await asyncio.shield(_store(job, outcome))
+            raise
+        finally:
+            listener.cancel()
+            self._runners.pop(key, None)
+        await _store(job, outcome)
+
+
+async def _publish(job: Job, seq: int, text: str) -> None:
+    # Log first, then publish: a viewer that read the log before this append is already
+    # in the group and gets the delta live; one that read after has it in its snapshot.
+    message_id = str(job.message_id)
+    try:
+        await replay.append(message_id, seq, text)
+    except Exception:
+        log.warning("replay log append failed for %s seq %s", message_id, seq, exc_info=True)
+    await fanout.publish_delta(job.conversation_id, message_id, seq, text)
+
+
+async def _listen_for_cancel(message_id: uuid.UUID, runner: StreamRunner) -> None:
+    layer = get_channel_layer()
+    group = fanout.generation_group(message_id)
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    try:
+        while True:
+            event = await layer.receive(channel)
+            if event.get("type") == "generation.cancel":
+                runner.stop("cancelled")
+                return
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.warning("cancel listener for %s stopped", message_id, exc_info=True)
+    finally:
+        try:
+            await asyncio.shield(layer.group_discard(group, channel))
+        except Exception:
+            log.debug("group_discard failed for %s", group, exc_info=True)
+
+
+async def _store(job: Job, outcome: StreamOutcome) -> None:
+    """Save the final state, then announce it; a failed save is retried briefly."""
+    usage = outcome.usage
+    error = outcome.error
+    kwargs = {
+        "message_id": job.message_id,
+        "status": outcome.status,
+        "content": outcome.content,
+        "seq": outcome.seq,
+        "model": outcome.model,
+        "finish_reason": outcome.finish_reason,
+        "usage": (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+        if usage
+        else None,
+        "usage_estimated": bool(usage and usage.estimated),
+        "error_code": error.code if error else "",
+        "error_detail": error.detail if error else "",
+        "error_retry_after": error.retry_after if error else None,
+        "ttft_ms": outcome.ttft_ms,
+        "duration_ms": outcome.duration_ms,
+    }
+    message = None
+    for attempt in range(5):
+        try:
+            message = await database_sync_to_async(services.message_finish)(**kwargs)
+            break
+        except Exception:
+            log.warning(
+                "storing message %s failed (attempt %d)", job.message_id, attempt + 1, exc_info=True
+            )
+            await asyncio.sleep(0.5 * 2**attempt)
+    if message is None:
+        log.error("message %s could not be stored; the sweeper will recover it", job.message_id)
+        return
+    log.info(
+        "message %s %s: %d chars, %d deltas, ttft %s ms, %s ms",
+        job.message_id,
+        outcome.status,
+        len(outcome.content),
+        outcome.seq,
+        outcome.ttft_ms,
+        outcome.duration_ms,
+    )
+    await fanout.publish_frame(
+        job.conversation_id, protocol.done_frame(protocol.message_payload(message))
+    )
+    try:
+        await replay.finish(str(job.message_id))
+    except Exception:
+        log.warning("replay log expiry failed for %s", job.message_id, exc_info=True)
+
+
+registry = Registry()

@@ -1,0 +1,147 @@
+"""Websocket frames of the chat protocol (DESIGN section 4), both directions.
+
+Client frames are parsed into pydantic models with size limits; a parse failure is a
+`ChatError` the consumer answers with an `error` frame. Server frames are built by the
+small functions below so the wire shape lives in one place.
+"""
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from chat.exceptions import BadFrame, ChatError, TooLong
+from chat.models import Message
+
+ClientMsgId = Annotated[str, Field(min_length=1, max_length=100)]
+MessageId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class PromptFrame(_Frame):
+    type: Literal["prompt"]
+    content: str
+    client_msg_id: ClientMsgId | None = None
+
+
+class CancelFrame(_Frame):
+    type: Literal["cancel"]
+    message_id: MessageId
+
+
+class RegenerateFrame(_Frame):
+    type: Literal["regenerate"]
+    message_id: MessageId
+
+
+class SyncFrame(_Frame):
+    type: Literal["sync"]
+
+
+ClientFrame = Annotated[
+    PromptFrame | CancelFrame | RegenerateFrame | SyncFrame, Field(discriminator="type")
+]
+_client_frame = TypeAdapter(ClientFrame)
+
+
+class BadJson(ChatError):
+    """The frame is not a JSON object."""
+
+    code = "bad_json"
+    default_detail = "The frame is not valid JSON."
+
+
+def parse_client_frame(text: str) -> PromptFrame | CancelFrame | RegenerateFrame | SyncFrame:
+    """Parse one text frame, raising a ChatError whose code says what was wrong."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise BadJson() from exc
+    if not isinstance(data, dict):
+        raise BadJson("The frame must be a JSON object.")
+    if data.get("type") not in {"prompt", "cancel", "regenerate", "sync"}:
+        raise BadFrame("Unknown or missing frame type.")
+    try:
+        frame = _client_frame.validate_python(data)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
+        raise BadFrame(f"Invalid field(s): {fields}.") from exc
+    if isinstance(frame, PromptFrame):
+        check_prompt(frame.content)
+    return frame
+
+
+def check_prompt(content: str) -> None:
+    """Refuse prompts that are empty or over the configured length."""
+    if len(content) > settings.PROMPT_MAX_CHARS:
+        raise TooLong(f"The prompt is over {settings.PROMPT_MAX_CHARS} characters.")
+    if not content.strip():
+        raise BadFrame("The prompt is empty.")
+
+
+# ---- server -> client -------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def message_payload(message: Message, *, author_name: str | None = None) -> dict[str, Any]:
+    """The `Message` object of the protocol (new fields may be added, none removed)."""
+    error = None
+    if message.error_code:
+        error = {"code": message.error_code, "detail": message.error_detail}
+        if message.error_retry_after is not None:
+            error["retry_after"] = message.error_retry_after
+    if author_name is None and message.author_id is not None:
+        author_name = message.author.username
+    return {
+        "id": str(message.id),
+        "role": message.role,
+        "author": author_name,
+        "content": message.content,
+        "status": message.status,
+        "model": message.model or None,
+        "finish_reason": message.finish_reason or None,
+        "usage": message.usage,
+        "usage_estimated": message.usage_estimated,
+        "error": error,
+        "created_at": _iso(message.created_at),
+        "completed_at": _iso(message.completed_at),
+        "seq": message.seq,
+        "ttft_ms": message.ttft_ms,
+        "duration_ms": message.duration_ms,
+        "reply_to": str(message.reply_to_id) if message.reply_to_id else None,
+    }
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    """Serialize a server frame (compact, UTF-8 safe)."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_frame(error: ChatError, *, client_msg_id: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": error.code, "detail": error.detail}
+    if error.retry_after is not None:
+        frame["retry_after"] = error.retry_after
+    if client_msg_id:
+        frame["client_msg_id"] = client_msg_id
+    return frame
+
+
+def delta_frame_text(message_id: str, seq: int, text: str) -> str:
+    """A `delta` frame, serialized once by the runner and forwarded verbatim."""
+    return dumps({"type": "delta", "message_id": message_id, "seq": seq, "text": text})
+
+
+def message_frame(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "message", "message": payload}
+
+
+def done_frame(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "done", "message": payload}

@@ -1,0 +1,217 @@
+"""Writes. Keyword-only, typed, sync (async callers use `database_sync_to_async`)."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from chat.exceptions import Busy, Forbidden, NotFound, RateLimited
+from chat.models import Conversation, Membership, Message, Role
+
+Status = Message.Status
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A prompt's stored pair; `created` is False for a retried `client_msg_id`."""
+
+    user_message: Message
+    assistant_message: Message | None
+    created: bool
+
+
+def conversation_create(*, owner: AbstractBaseUser, title: str) -> Conversation:
+    with transaction.atomic():
+        conversation = Conversation.objects.create(
+            owner=owner, title=title.strip()[:200] or "New chat"
+        )
+        Membership.objects.create(conversation=conversation, user=owner, role=Role.OWNER)
+    return conversation
+
+
+def member_set(
+    *, conversation: Conversation, actor: AbstractBaseUser, username: str, role: str
+) -> Membership:
+    """Add a member or change their role (owner only; the owner's own role is fixed)."""
+    if conversation.owner_id != actor.pk:
+        raise Forbidden("Only the owner can manage members.")
+    if role not in (Role.MEMBER, Role.VIEWER):
+        raise Forbidden("Role must be 'member' or 'viewer'.")
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise NotFound("No such user.")
+    if user.pk == conversation.owner_id:
+        raise Forbidden("The owner's role cannot change.")
+    membership, _ = Membership.objects.update_or_create(
+        conversation=conversation, user=user, defaults={"role": role}
+    )
+    return membership
+
+
+def member_remove(*, conversation: Conversation, actor: AbstractBaseUser, username: str) -> int:
+    """Remove a member (owner only); returns the removed user's id."""
+    if conversation.owner_id != actor.pk:
+        raise Forbidden("Only the owner can manage members.")
+    membership = (
+        Membership.objects.filter(conversation=conversation, user__username=username)
+        .exclude(role=Role.OWNER)
+        .first()
+    )
+    if membership is None:
+        raise NotFound("No such member.")
+    membership.delete()
+    return membership.user_id
+
+
+def _check_prompt_rate(*, user: AbstractBaseUser) -> None:
+    window_start = timezone.now() - timedelta(minutes=1)
+    recent = Message.objects.filter(
+        author_id=user.pk, role=Message.Sender.USER, created_at__gte=window_start
+    ).order_by("created_at")
+    limit = settings.PROMPTS_PER_MINUTE
+    times = list(recent.values_list("created_at", flat=True)[:limit])
+    if len(times) >= limit:
+        retry = (times[0] + timedelta(minutes=1) - timezone.now()).total_seconds()
+        raise RateLimited(
+            f"At most {limit} prompts a minute.", retry_after=max(1.0, round(retry, 1))
+        )
+
+
+def _placeholder(*, conversation_id: uuid.UUID, prompt: Message, model: str) -> Message:
+    return Message.objects.create(
+        conversation_id=conversation_id,
+        role=Message.Sender.ASSISTANT,
+        reply_to=prompt,
+        status=Status.STREAMING,
+        model=model,
+        heartbeat_at=timezone.now(),
+    )
+
+
+def prompt_submit(
+    *,
+    conversation_id: uuid.UUID,
+    user: AbstractBaseUser,
+    content: str,
+    client_msg_id: str | None,
+    model: str,
+) -> Submitted:
+    """Store a prompt and its streaming placeholder, or return the earlier pair for a
+    retried `client_msg_id`. The database's unique constraints, not these checks, are
+    what make two racing processes safe; the checks only give the common case a clear
+    answer without a failed insert."""
+    if client_msg_id:
+        earlier = _earlier_submission(conversation_id, client_msg_id)
+        if earlier is not None:
+            return earlier
+    _check_prompt_rate(user=user)
+    try:
+        with transaction.atomic():
+            prompt = Message.objects.create(
+                conversation_id=conversation_id,
+                role=Message.Sender.USER,
+                author=user,
+                content=content,
+                client_msg_id=client_msg_id or None,
+                status=Status.COMPLETE,
+                completed_at=timezone.now(),
+            )
+            assistant = _placeholder(conversation_id=conversation_id, prompt=prompt, model=model)
+            Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
+    except IntegrityError:
+        if client_msg_id:
+            earlier = _earlier_submission(conversation_id, client_msg_id)
+            if earlier is not None:
+                return earlier
+        raise Busy() from None
+    prompt.author = user
+    return Submitted(prompt, assistant, created=True)
+
+
+def _earlier_submission(conversation_id: uuid.UUID, client_msg_id: str) -> Submitted | None:
+    prompt = (
+        Message.objects.select_related("author")
+        .filter(conversation_id=conversation_id, client_msg_id=client_msg_id)
+        .first()
+    )
+    if prompt is None:
+        return None
+    return Submitted(prompt, prompt.replies.order_by("created_at").first(), created=False)
+
+
+def regenerate_submit(
+    *, conversation_id: uuid.UUID, user: AbstractBaseUser, message_id: str, model: str
+) -> Message:
+    """A new streaming placeholder answering again the prompt of `message_id`."""
+    try:
+        uuid.UUID(str(message_id))
+    except ValueError:
+        raise NotFound() from None
+    old = Message.objects.filter(
+        conversation_id=conversation_id, pk=message_id, role=Message.Sender.ASSISTANT
+    ).first()
+    if old is None or old.reply_to_id is None:
+        raise NotFound("No assistant message with that id in this conversation.")
+    _check_prompt_rate(user=user)
+    try:
+        with transaction.atomic():
+            assistant = _placeholder(
+                conversation_id=conversation_id, prompt=old.reply_to, model=model
+            )
+    except IntegrityError:
+        raise Busy() from None
+    return assistant
+
+
+def message_checkpoint(*, message_id: uuid.UUID, content: str, seq: int) -> None:
+    """Save the text so far (deltas 1..seq) and prove the runner is alive."""
+    Message.objects.filter(pk=message_id, status=Status.STREAMING).update(
+        content=content, seq=seq, heartbeat_at=timezone.now()
+    )
+
+
+def message_finish(
+    *,
+    message_id: uuid.UUID,
+    status: str,
+    content: str,
+    seq: int,
+    model: str,
+    finish_reason: str = "",
+    usage: tuple[int, int, int] | None = None,
+    usage_estimated: bool = False,
+    error_code: str = "",
+    error_detail: str = "",
+    error_retry_after: float | None = None,
+    ttft_ms: int | None = None,
+    duration_ms: int | None = None,
+) -> Message:
+    """Store the final state of an assistant message (one write per generation)."""
+    fields = {
+        "status": status,
+        "content": content,
+        "seq": seq,
+        "model": model,
+        "finish_reason": finish_reason,
+        "usage_estimated": usage_estimated,
+        "error_code": error_code,
+        "error_detail": error_detail[:500],
+        "error_retry_after": error_retry_after,
+        "ttft_ms": ttft_ms,
+        "duration_ms": duration_ms,
+        "completed_at": timezone.now(),
+        "heartbeat_at": timezone.now(),
+    }
+    if usage is not None:
+        fields["prompt_tokens"], fields["completion_tokens"], fields["total_tokens"] = usage
+    # The runner holds the whole text, so its write wins over a sweeper that judged it
+    # dead too early (`interrupted`), but never over another final state.
+    Message.objects.filter(pk=message_id, status__in=[Status.STREAMING, Status.INTERRUPTED]).update(
+        **fields
+    )
+    return Message.objects.select_related("author").get(pk=message_id)

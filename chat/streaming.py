@@ -1,0 +1,254 @@
+"""The stream runner: reads one chat-completions stream and relays it in coalesced deltas.
+
+It knows nothing of Channels or the database: it takes a client, the request, and two
+callbacks (`publish` for each flush, `checkpoint` for the periodic save), and returns a
+`StreamOutcome` for the caller to store. The read loop never awaits a publish or a save:
+it appends to a buffer that a flusher task drains at most every `flush_s`, so a slow
+layer cannot slow the upstream read.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from chat.exceptions import StreamError
+from chat.upstream import translate_error
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[int, str], Awaitable[None]]  # (seq, text)
+Checkpoint = Callable[[str, int], Awaitable[None]]  # (text of deltas 1..seq, seq)
+
+COMPLETE, CANCELLED, FAILED, INTERRUPTED = "complete", "cancelled", "failed", "interrupted"
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool = False
+
+
+@dataclass
+class StreamOutcome:
+    """What happened, for the caller to store and announce."""
+
+    status: str
+    content: str
+    seq: int
+    model: str
+    finish_reason: str = ""
+    usage: Usage | None = None
+    error: StreamError | None = None
+    ttft_ms: int | None = None
+    duration_ms: int = 0
+
+
+@dataclass
+class StreamRequest:
+    model: str
+    messages: Sequence[dict[str, str]]
+    max_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def estimate_prompt_tokens(messages: Sequence[dict[str, str]]) -> int:
+    """About four characters per token plus a few per message, as OpenAI's guide says."""
+    return sum(len(m.get("content") or "") // 4 + 4 for m in messages) + 3
+
+
+class StreamRunner:
+    """Runs one generation; `stop(reason)` ends it early from any task."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        request: StreamRequest,
+        *,
+        publish: Publish,
+        checkpoint: Checkpoint | None = None,
+        flush_s: float = 0.03,
+        checkpoint_s: float = 2.0,
+    ) -> None:
+        self._client = client
+        self._request = request
+        self._publish = publish
+        self._checkpoint = checkpoint
+        self._flush_s = flush_s
+        self._checkpoint_s = checkpoint_s
+        self._buffer: list[str] = []
+        self._published: list[str] = []  # text of each published delta, by seq - 1
+        self._wake = asyncio.Event()
+        self._reading_done = asyncio.Event()
+        self._stop_reason: str | None = None
+        self._stop_requested = asyncio.Event()
+        self._pieces = 0
+        self._model = request.model
+        self._finish_reason = ""
+        self._usage: Usage | None = None
+        self._first_token_at: float | None = None
+        self._started = time.monotonic()
+
+    @property
+    def seq(self) -> int:
+        return len(self._published)
+
+    def stop(self, reason: str = CANCELLED) -> None:
+        """End the generation: `cancelled` by a user, or `interrupted` by shutdown."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._stop_requested.set()
+
+    async def run(self) -> StreamOutcome:
+        self._started = time.monotonic()
+        flusher = asyncio.create_task(self._flush_loop(), name="stream-flusher")
+        checkpointer = asyncio.create_task(self._checkpoint_loop(), name="stream-checkpoint")
+        reader = asyncio.create_task(self._read(), name="stream-reader")
+        stopper = asyncio.create_task(self._stop_requested.wait())
+        error: StreamError | None = None
+        try:
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                # Stop relaying at once; the upstream connection is closed by the reader.
+                reader.cancel()
+            try:
+                await reader
+            except asyncio.CancelledError:
+                if self._stop_reason is None:
+                    raise
+            except Exception as exc:
+                error = translate_error(exc)
+        finally:
+            stopper.cancel()
+            if not reader.done():
+                reader.cancel()
+            self._reading_done.set()
+            self._wake.set()
+            checkpointer.cancel()
+            await asyncio.gather(flusher, checkpointer, return_exceptions=True)
+        return self.outcome(error)
+
+    def outcome(self, error: StreamError | None = None) -> StreamOutcome:
+        """The result so far (final once `run` has returned)."""
+        content = "".join(self._published)
+        status = COMPLETE
+        if self._stop_reason is not None:
+            status = self._stop_reason
+        elif error is not None:
+            status = FAILED
+        elif not self._finish_reason:
+            # A cut connection may end the iteration without raising: no finish_reason
+            # means the answer is not complete.
+            status, error = FAILED, StreamError("upstream_error", "The model's answer was cut off.")
+        elif self._finish_reason == "content_filter":
+            status = FAILED
+            error = StreamError(
+                "content_filtered", "The model's content filter stopped the answer."
+            )
+        usage = self._usage
+        if usage is None and (self._pieces or status == COMPLETE):
+            prompt = estimate_prompt_tokens(self._request.messages)
+            usage = Usage(prompt, self._pieces, prompt + self._pieces, estimated=True)
+        ttft = None
+        if self._first_token_at is not None:
+            ttft = round((self._first_token_at - self._started) * 1000)
+        return StreamOutcome(
+            status=status,
+            content=content,
+            seq=self.seq,
+            model=self._model,
+            finish_reason=self._finish_reason,
+            usage=usage,
+            error=error,
+            ttft_ms=ttft,
+            duration_ms=round((time.monotonic() - self._started) * 1000),
+        )
+
+    async def _read(self) -> None:
+        request = self._request
+        kwargs: dict[str, Any] = dict(request.extra)
+        if request.max_tokens:
+            kwargs["max_tokens"] = request.max_tokens
+        # The SDK retries connection errors, 429 and 5xx while sending the request only,
+        # never once the stream has started: no answer is billed or shown twice.
+        stream = await self._client.chat.completions.create(
+            model=request.model,
+            messages=list(request.messages),
+            stream=True,
+            stream_options={"include_usage": True},
+            **kwargs,
+        )
+        try:
+            async for chunk in stream:
+                self._take_chunk(chunk)
+        finally:
+            await stream.close()
+
+    def _take_chunk(self, chunk: Any) -> None:
+        if chunk.model:
+            self._model = chunk.model
+        if chunk.usage is not None:
+            u = chunk.usage
+            self._usage = Usage(u.prompt_tokens or 0, u.completion_tokens or 0, u.total_tokens or 0)
+        # The usage chunk has no choices; servers may also send role-only or empty deltas.
+        for choice in chunk.choices or ():
+            if choice.index != 0:
+                continue
+            text = choice.delta.content if choice.delta is not None else None
+            if text:
+                if self._first_token_at is None:
+                    self._first_token_at = time.monotonic()
+                self._pieces += 1
+                self._buffer.append(text)
+                self._wake.set()
+            if choice.finish_reason:
+                self._finish_reason = choice.finish_reason
+
+    async def _flush_loop(self) -> None:
+        # The first delta after a quiet spell goes out at once; later ones wait for the
+        # window so a fast upstream becomes a few larger frames instead of many tiny ones.
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+            if self._reading_done.is_set():
+                if not self._buffer:
+                    return
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reading_done.wait(), self._flush_s)
+
+    async def _flush(self) -> None:
+        if not self._buffer:
+            return
+        text = "".join(self._buffer)
+        self._buffer.clear()
+        self._published.append(text)
+        try:
+            await self._publish(self.seq, text)
+        except Exception:
+            # Viewers recover from a lost delta by snapshot; the text itself is kept here.
+            log.warning("publishing delta %s failed", self.seq, exc_info=True)
+
+    async def _checkpoint_loop(self) -> None:
+        if self._checkpoint is None:
+            return
+        saved_seq = -1
+        while True:
+            await asyncio.sleep(self._checkpoint_s)
+            seq = self.seq
+            text = "".join(self._published)
+            try:
+                await self._checkpoint(text, seq)
+                saved_seq = seq
+            except Exception:
+                log.warning(
+                    "checkpoint at seq %s failed (last saved %s)", seq, saved_seq, exc_info=True
+                )

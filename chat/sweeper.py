@@ -1,0 +1,64 @@
+"""Marks `streaming` messages whose runner stopped beating as `interrupted`.
+
+A runner checkpoints (text and heartbeat) every STREAM_CHECKPOINT_S; one silent for
+STREAM_STALE_S died with its process. Its text is recovered from the replay log when
+that still holds more than the last checkpoint, so viewers keep every delta they saw.
+"""
+
+import logging
+from datetime import timedelta
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from chat import fanout, protocol, replay
+from chat.models import Message
+
+log = logging.getLogger(__name__)
+
+
+def _stale_ids() -> list[tuple[str, str]]:
+    cutoff = timezone.now() - timedelta(seconds=settings.STREAM_STALE_S)
+    rows = Message.objects.filter(status=Message.Status.STREAMING, heartbeat_at__lt=cutoff)
+    return [(str(m), str(c)) for m, c in rows.values_list("id", "conversation_id")]
+
+
+def _mark_interrupted(message_id: str, text: str | None, seq: int | None) -> Message | None:
+    fields = {"status": Message.Status.INTERRUPTED, "completed_at": timezone.now()}
+    if text is not None:
+        fields.update(content=text, seq=seq)
+    cutoff = timezone.now() - timedelta(seconds=settings.STREAM_STALE_S)
+    # Re-check staleness in the UPDATE: a runner that beat meanwhile is alive.
+    updated = Message.objects.filter(
+        pk=message_id, status=Message.Status.STREAMING, heartbeat_at__lt=cutoff
+    ).update(**fields)
+    if not updated:
+        return None
+    return Message.objects.select_related("author").get(pk=message_id)
+
+
+async def sweep() -> int:
+    """Interrupt every stale streaming message; returns how many were interrupted."""
+    count = 0
+    for message_id, conversation_id in await database_sync_to_async(_stale_ids)():
+        state = None
+        try:
+            state = await replay.read(message_id)
+        except Exception:
+            log.warning("replay log unreadable for %s; keeping the checkpoint", message_id)
+        checkpoint = (
+            await Message.objects.filter(pk=message_id).values_list("seq", flat=True).afirst()
+        )
+        use_log = state is not None and checkpoint is not None and state.seq > checkpoint
+        message = await database_sync_to_async(_mark_interrupted)(
+            message_id, state.text if use_log else None, state.seq if use_log else None
+        )
+        if message is None:
+            continue
+        count += 1
+        log.warning("message %s had no live runner: stored as interrupted", message_id)
+        await fanout.publish_frame(
+            conversation_id, protocol.done_frame(protocol.message_payload(message))
+        )
+    return count

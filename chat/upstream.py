@@ -1,0 +1,99 @@
+"""The OpenAI-compatible client, built once per event loop from settings, and the one
+place where vendor exceptions become our own `StreamError` codes."""
+
+import asyncio
+import logging
+import weakref
+
+import httpx2
+import openai
+from django.conf import settings
+
+from chat.exceptions import StreamError
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_BASE_URL = "http://simulator.invalid/v1"
+
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def build_client() -> openai.AsyncOpenAI:
+    """A client for the configured upstream, or the in-process simulator when none is."""
+    # The SDK defaults (10 minute timeout) would hold a stalled stream far too long.
+    common = {"timeout": settings.OPENAI_TIMEOUT_S, "max_retries": settings.OPENAI_MAX_RETRIES}
+    if settings.USE_SIMULATOR:
+        from chat.simulator import SimSettings, SimulatorTransport
+
+        transport = SimulatorTransport(
+            SimSettings(chunk_ms=settings.SIMULATOR_CHUNK_MS, ttft_ms=settings.SIMULATOR_TTFT_MS)
+        )
+        return openai.AsyncOpenAI(
+            api_key="simulator",
+            base_url=SIMULATOR_BASE_URL,
+            http_client=openai.DefaultAsyncHttpxClient(transport=transport),
+            **common,
+        )
+    # vLLM, Ollama and llama.cpp accept any key; the SDK insists on a non-empty one.
+    return openai.AsyncOpenAI(
+        api_key=settings.OPENAI_API_KEY or "not-needed",
+        base_url=settings.OPENAI_BASE_URL or None,
+        **common,
+    )
+
+
+def get_client() -> openai.AsyncOpenAI:
+    """The client of the running loop (its connection pool belongs to that loop)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = _clients[loop] = build_client()
+    return client
+
+
+def describe_upstream() -> str:
+    """A one-line, secret-free description of where replies come from."""
+    if settings.USE_SIMULATOR:
+        return "the built-in simulator (no OPENAI_API_KEY or OPENAI_BASE_URL set)"
+    return (
+        f"{settings.OPENAI_BASE_URL or 'https://api.openai.com/v1'} (model {settings.OPENAI_MODEL})"
+    )
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    headers = exc.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:
+        return None
+    return None
+
+
+def translate_error(exc: BaseException) -> StreamError:
+    """Map any upstream failure to a code clients can act on; no vendor text leaks."""
+    if isinstance(exc, StreamError):
+        return exc
+    if isinstance(exc, openai.RateLimitError):
+        return StreamError(
+            "rate_limited",
+            "The model is rate limited; try again shortly.",
+            retry_after=_retry_after(exc),
+        )
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        return StreamError("timeout", "The model took too long to answer.")
+    if isinstance(exc, openai.APIConnectionError):
+        return StreamError("upstream_error", "Could not reach the model.")
+    if isinstance(exc, openai.APIStatusError):
+        return StreamError("upstream_error", f"The model answered with HTTP {exc.status_code}.")
+    if isinstance(exc, openai.APIError):
+        return StreamError("upstream_error", "The model reported an error mid-answer.")
+    if isinstance(exc, httpx2.TransportError):
+        # A connection cut mid-stream surfaces as a raw transport error, not wrapped.
+        return StreamError("upstream_error", "The connection to the model dropped.")
+    log.error("unexpected upstream failure", exc_info=exc)
+    return StreamError("upstream_error", "The answer failed unexpectedly.")

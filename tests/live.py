@@ -1,0 +1,394 @@
+"""Real processes for integration tests: a deployment (database + channel layer), daphne
+servers on free ports, the simulator as its own process, and websocket viewers that
+check the protocol's ordering rules as frames arrive."""
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORDS = {name: f"pw-{name}-123" for name in ("alice", "bob", "carol", "dave")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx2.get(url, timeout=1).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready in {timeout}s:\n{log_path.read_text()[-4000:]}")
+
+
+@dataclass
+class Process:
+    """A subprocess whose combined output goes to a log file."""
+
+    proc: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = 15, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def spawn(args: list[str], env: dict[str, str], log_path: Path) -> Process:
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    return Process(proc, log_path)
+
+
+def start_simulator(tmp: Path, *, chunk_ms: float = 2, ttft_ms: float = 20) -> tuple[Process, str]:
+    """`manage.py simulate_openai` on a free port; returns the process and its /v1 URL."""
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings_test"}
+    sim = spawn(
+        [
+            sys.executable,
+            "manage.py",
+            "simulate_openai",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--chunk-ms",
+            str(chunk_ms),
+            "--ttft-ms",
+            str(ttft_ms),
+        ],
+        env,
+        tmp / f"simulator-{port}.log",
+    )
+    _wait_http(f"http://127.0.0.1:{port}/v1/models", sim.proc, sim.log_path)
+    return sim, f"http://127.0.0.1:{port}/v1"
+
+
+@dataclass
+class Deployment:
+    """One database and one channel layer that any number of daphne processes share."""
+
+    name: str
+    env: dict[str, str]
+    tmp: Path
+    servers: list[Process] = field(default_factory=list)
+
+    @property
+    def multiprocess_capable(self) -> bool:
+        return "REDIS_URL" in self.env
+
+    def manage(self, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode:
+            raise RuntimeError(f"manage.py {args} failed:\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
+    def seed_users(self) -> None:
+        code = (
+            "from django.contrib.auth import get_user_model\n"
+            f"for name, pw in {PASSWORDS!r}.items():\n"
+            "    u, _ = get_user_model().objects.get_or_create(username=name)\n"
+            "    u.set_password(pw); u.save()\n"
+        )
+        self.manage("shell", "-c", code)
+
+    def start_server(self, **extra_env: str) -> "Server":
+        port = free_port()
+        env = {**self.env, **extra_env}
+        proc = spawn(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "project.asgi:application",
+            ],
+            env,
+            self.tmp / f"daphne-{self.name}-{port}.log",
+        )
+        _wait_http(f"http://127.0.0.1:{port}/healthz", proc.proc, proc.log_path)
+        self.servers.append(proc)
+        return Server(f"http://127.0.0.1:{port}", proc)
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+# A server log may mention handled failures, but never an unhandled exception.
+UNHANDLED = re.compile(
+    r"Traceback \(most recent call last\)"
+    r"|Exception inside application"
+    r"|Task exception was never retrieved"
+)
+
+
+@dataclass
+class Server:
+    url: str
+    process: Process
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+    def assert_clean_log(self) -> None:
+        log = self.process.log()
+        match = UNHANDLED.search(log)
+        assert match is None, (
+            f"unhandled exception in server log:\n{log[max(0, match.start() - 2000) :][:6000]}"
+        )
+
+
+class Session:
+    """A signed-in user talking to one server over HTTP and websockets."""
+
+    def __init__(self, server: Server, username: str) -> None:
+        self.server = server
+        self.username = username
+        self.http = httpx2.AsyncClient(base_url=server.url, timeout=10)
+
+    async def login(self) -> "Session":
+        page = await self.http.get("/accounts/login/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        response = await self.http.post(
+            "/accounts/login/",
+            data={
+                "username": self.username,
+                "password": PASSWORDS[self.username],
+                "csrfmiddlewaretoken": token,
+            },
+        )
+        assert response.status_code == 302, (
+            f"login of {self.username} failed: {response.status_code}"
+        )
+        assert "sessionid" in self.http.cookies
+        return self
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+
+    async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"X-CSRFToken": self.http.cookies.get("csrftoken", "")}
+        response = await self.http.request(method, path, json=body, headers=headers)
+        data = response.json() if response.content else None
+        return response.status_code, data
+
+    async def create_conversation(
+        self, title: str = "test", members: dict[str, str] | None = None
+    ) -> str:
+        status, data = await self.api("POST", "/api/conversations/", {"title": title})
+        assert status == 201, data
+        for username, role in (members or {}).items():
+            status, added = await self.api(
+                "POST",
+                f"/api/conversations/{data['id']}/members/",
+                {"username": username, "role": role},
+            )
+            assert status == 201, added
+        return data["id"]
+
+    async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
+        status, data = await self.api("GET", f"/api/conversations/{conversation_id}/messages/")
+        assert status == 200, data
+        return data["messages"]
+
+    async def viewer(self, conversation_id: str, server: Server | None = None) -> "Viewer":
+        server = server or self.server
+        ws = await connect(
+            f"{server.ws_url}/ws/chat/{conversation_id}/",
+            origin=server.url,
+            additional_headers={"Cookie": self.cookie_header()},
+            compression=None,
+            max_size=None,
+        )
+        viewer = Viewer(ws, name=self.username)
+        viewer.start()
+        await viewer.wait_for(lambda f: f["type"] == "snapshot", what="snapshot")
+        return viewer
+
+
+class Viewer:
+    """A websocket client that applies the protocol's merge rule and records breaches."""
+
+    def __init__(self, ws: ClientConnection, name: str = "") -> None:
+        self.ws = ws
+        self.name = name
+        self.frames: list[dict[str, Any]] = []
+        self.texts: dict[str, str] = {}
+        self.seqs: dict[str, int] = {}
+        self.final: dict[str, dict[str, Any]] = {}
+        self.breaches: list[str] = []
+        self.close_code: int | None = None
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                self._apply(frame)
+                async with self._changed:
+                    self.frames.append(frame)
+                    self._changed.notify_all()
+        except Exception:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _apply(self, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
+        if kind == "snapshot":
+            for m in frame["messages"]:
+                self.texts[m["id"]], self.seqs[m["id"]] = m["content"], m["seq"]
+                if m["status"] != "streaming":
+                    self.final[m["id"]] = m
+        elif kind == "message":
+            m = frame["message"]
+            self.texts.setdefault(m["id"], m["content"])
+            self.seqs.setdefault(m["id"], m["seq"])
+        elif kind == "delta":
+            mid, seq = frame["message_id"], frame["seq"]
+            expected = self.seqs.get(mid, 0) + 1
+            if seq != expected:
+                self.breaches.append(f"{self.name}: delta seq {seq} for {mid}, expected {expected}")
+                return
+            self.texts[mid] = self.texts.get(mid, "") + frame["text"]
+            self.seqs[mid] = seq
+        elif kind == "done":
+            m = frame["message"]
+            self.final[m["id"]] = m
+            if self.texts.get(m["id"], "") != m["content"]:
+                self.breaches.append(
+                    f"{self.name}: streamed text of {m['id']} differs from done content"
+                )
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def wait_for(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        *,
+        what: str = "frame",
+        timeout: float = 20,
+        start: int = 0,
+    ) -> dict[str, Any]:
+        """The first frame (from index `start`) matching `predicate`."""
+
+        async def find() -> dict[str, Any]:
+            async with self._changed:
+                index = start
+                while True:
+                    for frame in self.frames[index:]:
+                        if predicate(frame):
+                            return frame
+                    index = len(self.frames)
+                    if self._task is not None and self._task.done():
+                        raise AssertionError(
+                            f"{self.name}: socket closed ({self.close_code}) waiting for {what}"
+                        )
+                    await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(find(), timeout)
+        except TimeoutError:
+            seen = [f["type"] for f in self.frames][-20:]
+            raise AssertionError(f"{self.name}: no {what} within {timeout}s; got {seen}") from None
+
+    async def done(self, message_id: str, timeout: float = 30) -> dict[str, Any]:
+        frame = await self.wait_for(
+            lambda f: f["type"] == "done" and f["message"]["id"] == message_id,
+            what=f"done of {message_id}",
+            timeout=timeout,
+        )
+        return frame["message"]
+
+    async def prompt(self, content: str, **extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Send a prompt; returns (user message, assistant placeholder) as broadcast."""
+        start = len(self.frames)
+        client_msg_id = extra.pop("client_msg_id", str(uuid.uuid4()))
+        await self.send(
+            {"type": "prompt", "content": content, "client_msg_id": client_msg_id, **extra}
+        )
+        user = await self.wait_for(
+            lambda f: (
+                (
+                    f["type"] == "message"
+                    and f["message"]["role"] == "user"
+                    and f["message"]["content"] == content
+                )
+                or f["type"] == "error"
+            ),
+            what="prompt echo",
+            start=start,
+        )
+        assert user["type"] == "message", user
+        assistant = await self.wait_for(
+            lambda f: f["type"] == "message" and f["message"]["role"] == "assistant",
+            what="assistant placeholder",
+            start=start,
+        )
+        return user["message"], assistant["message"]
+
+    def delta_frames(self, message_id: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["type"] == "delta" and f["message_id"] == message_id]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5)
