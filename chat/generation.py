@@ -77,6 +77,7 @@ class Registry:
             ),
             flush_s=settings.STREAM_FLUSH_MS / 1000,
             checkpoint_s=settings.STREAM_CHECKPOINT_S,
+            idle_timeout_s=settings.OPENAI_TIMEOUT_S,
         )
         self._runners[key] = runner
         listener = asyncio.create_task(_listen_for_cancel(job.message_id, runner))

@@ -76,6 +76,7 @@ class StreamRunner:
         checkpoint: Checkpoint | None = None,
         flush_s: float = 0.03,
         checkpoint_s: float = 2.0,
+        idle_timeout_s: float = 60.0,
     ) -> None:
         self._client = client
         self._request = request
@@ -83,6 +84,8 @@ class StreamRunner:
         self._checkpoint = checkpoint
         self._flush_s = flush_s
         self._checkpoint_s = checkpoint_s
+        self._idle_timeout_s = idle_timeout_s
+        self._idle_error: StreamError | None = None
         self._buffer: list[str] = []
         self._published: list[str] = []  # text of each published delta, by seq - 1
         self._wake = asyncio.Event()
@@ -95,6 +98,8 @@ class StreamRunner:
         self._usage: Usage | None = None
         self._first_token_at: float | None = None
         self._started = time.monotonic()
+        self._last_chunk_at = self._started
+        self._stream_open = False
 
     @property
     def seq(self) -> int:
@@ -107,11 +112,11 @@ class StreamRunner:
             self._stop_requested.set()
 
     async def run(self) -> StreamOutcome:
-        self._started = time.monotonic()
+        self._started = self._last_chunk_at = time.monotonic()
         flusher = asyncio.create_task(self._flush_loop(), name="stream-flusher")
         checkpointer = asyncio.create_task(self._checkpoint_loop(), name="stream-checkpoint")
         reader = asyncio.create_task(self._read(), name="stream-reader")
-        stopper = asyncio.create_task(self._stop_requested.wait())
+        stopper = asyncio.create_task(self._until_stopped_or_idle(), name="stream-watch")
         error: StreamError | None = None
         try:
             await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -121,10 +126,11 @@ class StreamRunner:
             try:
                 await reader
             except asyncio.CancelledError:
-                if self._stop_reason is None:
+                if self._stop_reason is None and self._idle_error is None:
                     raise
             except Exception as exc:
-                error = translate_error(exc)
+                error = translate_error(exc, mid_stream=self._stream_open)
+            error = error or self._idle_error
         finally:
             stopper.cancel()
             if not reader.done():
@@ -134,6 +140,19 @@ class StreamRunner:
             checkpointer.cancel()
             await asyncio.gather(flusher, checkpointer, return_exceptions=True)
         return self.outcome(error)
+
+    async def _until_stopped_or_idle(self) -> None:
+        # Our own idle limit: the HTTP read timeout never fires for an upstream that
+        # keeps the connection busy with keep-alive comments but sends no chunk.
+        check_every = min(1.0, self._idle_timeout_s / 4)
+        while True:
+            try:
+                await asyncio.wait_for(self._stop_requested.wait(), check_every)
+                return
+            except TimeoutError:
+                if time.monotonic() - self._last_chunk_at > self._idle_timeout_s:
+                    self._idle_error = StreamError("timeout", "The model stopped sending.")
+                    return
 
     def outcome(self, error: StreamError | None = None) -> StreamOutcome:
         """The result so far (final once `run` has returned)."""
@@ -185,6 +204,7 @@ class StreamRunner:
             stream_options={"include_usage": True},
             **kwargs,
         )
+        self._stream_open = True
         try:
             async for chunk in stream:
                 self._take_chunk(chunk)
@@ -192,6 +212,7 @@ class StreamRunner:
             await stream.close()
 
     def _take_chunk(self, chunk: Any) -> None:
+        self._last_chunk_at = time.monotonic()
         if chunk.model:
             self._model = chunk.model
         if chunk.usage is not None:

@@ -74,10 +74,15 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
-def translate_error(exc: BaseException) -> StreamError:
+def translate_error(exc: BaseException, *, mid_stream: bool = False) -> StreamError:
     """Map any upstream failure to a code clients can act on; no vendor text leaks."""
     if isinstance(exc, StreamError):
         return exc
+    if mid_stream and isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            return StreamError("timeout", "The model stopped sending mid-answer.")
+        # A cut connection surfaces wrapped or raw depending on where the read failed.
+        return StreamError("upstream_error", "The connection to the model dropped.")
     if isinstance(exc, openai.RateLimitError):
         return StreamError(
             "rate_limited",
@@ -93,7 +98,6 @@ def translate_error(exc: BaseException) -> StreamError:
     if isinstance(exc, openai.APIError):
         return StreamError("upstream_error", "The model reported an error mid-answer.")
     if isinstance(exc, httpx2.TransportError):
-        # A connection cut mid-stream surfaces as a raw transport error, not wrapped.
-        return StreamError("upstream_error", "The connection to the model dropped.")
+        return StreamError("upstream_error", "Could not reach the model.")
     log.error("unexpected upstream failure", exc_info=exc)
     return StreamError("upstream_error", "The answer failed unexpectedly.")

@@ -1,0 +1,253 @@
+"""The consumer in-process through the real ASGI router (origin check, session auth,
+URL routing), the in-memory channel layer and the in-process simulator."""
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.test import AsyncClient
+from django.utils import timezone
+
+from chat import replay, services, sweeper
+from chat.models import Message, Role
+from project.asgi import application
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
+
+
+def count_to(n: int) -> str:
+    return ", ".join(str(i) for i in range(1, n + 1))
+
+
+@pytest.fixture(autouse=True)
+def fast_simulator(settings):
+    settings.SIMULATOR_TTFT_MS = 0
+    settings.SIMULATOR_CHUNK_MS = 1
+    settings.STREAM_FLUSH_MS = 20
+
+
+@pytest.fixture
+def users(django_user_model):
+    return {
+        name: django_user_model.objects.create_user(name, password="x")
+        for name in ("alice", "bob", "eve")
+    }
+
+
+@pytest.fixture
+def conversation(users):
+    conv = services.conversation_create(owner=users["alice"], title="t")
+    services.member_set(conversation=conv, actor=users["alice"], username="bob", role=Role.MEMBER)
+    return conv
+
+
+async def connect(user, conversation_id) -> WebsocketCommunicator:
+    client = AsyncClient()
+    await client.aforce_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    comm = WebsocketCommunicator(
+        application,
+        f"/ws/chat/{conversation_id}/",
+        headers=[(b"origin", b"http://localhost"), (b"host", b"localhost"), (b"cookie", cookie)],
+    )
+    connected, _ = await comm.connect()
+    assert connected
+    snapshot = json.loads(await comm.receive_from())
+    assert snapshot["type"] == "snapshot"
+    comm.snapshot = snapshot
+    # Our own join is announced to everyone, us included.
+    await frames_until(comm, lambda f: f["type"] == "presence")
+    return comm
+
+
+async def frames_until(comm: WebsocketCommunicator, predicate, timeout: float = 10) -> list[dict]:
+    seen = []
+    while True:
+        frame = json.loads(await comm.receive_from(timeout))
+        seen.append(frame)
+        if predicate(frame):
+            return seen
+
+
+def done_of(message_id: str):
+    return lambda f: f["type"] == "done" and f["message"]["id"] == message_id
+
+
+async def test_prompt_streams_and_is_stored_with_usage(users, conversation):
+    comm = await connect(users["alice"], conversation.id)
+    snapshot = comm.snapshot
+    assert snapshot["conversation"]["role"] == "owner"
+    assert snapshot["messages"] == []
+
+    await comm.send_json_to({"type": "prompt", "content": "Count to 40", "client_msg_id": "a"})
+    frames = await frames_until(comm, lambda f: f["type"] == "done")
+    messages = [f["message"] for f in frames if f["type"] == "message"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    deltas = [f for f in frames if f["type"] == "delta"]
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+    assert "".join(d["text"] for d in deltas) == count_to(40)
+    done = frames[-1]["message"]
+    assert done["status"] == "complete"
+    assert done["usage"]["completion_tokens"] > 0
+
+    stored = await Message.objects.aget(pk=done["id"])
+    assert stored.content == count_to(40)
+    assert stored.total_tokens == done["usage"]["total_tokens"]
+    assert stored.seq == len(deltas)
+    await comm.disconnect()
+
+
+async def test_a_late_joiner_gets_the_text_so_far_then_only_newer_deltas(
+    users, conversation, settings
+):
+    settings.SIMULATOR_CHUNK_MS = 5
+    first = await connect(users["alice"], conversation.id)
+    await first.send_json_to({"type": "prompt", "content": "Count to 120"})
+    await frames_until(first, lambda f: f["type"] == "delta" and f["seq"] >= 3)
+
+    late = await connect(users["bob"], conversation.id)
+    snapshot = late.snapshot
+    streaming = [m for m in snapshot["messages"] if m["status"] == "streaming"]
+    assert len(streaming) == 1 and streaming[0]["seq"] >= 3
+    text, seq = streaming[0]["content"], streaming[0]["seq"]
+    frames = await frames_until(late, done_of(streaming[0]["id"]))
+    for frame in frames:
+        if frame["type"] == "delta":
+            assert frame["seq"] == seq + 1, (
+                "a delta the snapshot held came again, or one is missing"
+            )
+            text, seq = text + frame["text"], frame["seq"]
+    assert text == count_to(120) == frames[-1]["message"]["content"]
+    await first.disconnect()
+    await late.disconnect()
+
+
+async def test_removing_a_member_closes_their_socket_with_4403(users, conversation):
+    bob = await connect(users["bob"], conversation.id)
+    owner = AsyncClient()
+    await owner.aforce_login(users["alice"])
+    response = await owner.delete(f"/api/conversations/{conversation.id}/members/bob/")
+    assert response.status_code == 204
+    frames = []
+    while True:
+        output = await bob.receive_output(5)
+        if output["type"] == "websocket.close":
+            assert output["code"] == 4403
+            break
+        frames.append(output)
+    await bob.disconnect()
+
+
+async def test_frames_over_the_limit_close_with_1009(users, conversation, settings):
+    settings.WS_MAX_FRAME_BYTES = 1000
+    comm = await connect(users["alice"], conversation.id)
+    await comm.send_to(text_data=json.dumps({"type": "prompt", "content": "é" * 600}))
+    while (output := await comm.receive_output(5))["type"] == "websocket.send":
+        pass
+    assert output == {"type": "websocket.close", "code": 1009}
+    await comm.disconnect()
+
+
+async def test_binary_and_sync_frames(users, conversation):
+    comm = await connect(users["alice"], conversation.id)
+    await comm.send_to(bytes_data=b"\x00\x01")
+    error = (await frames_until(comm, lambda f: f["type"] == "error"))[-1]
+    assert error["type"] == "error" and error["code"] == "bad_frame"
+    await comm.send_json_to({"type": "sync"})
+    assert (await frames_until(comm, lambda f: f["type"] != "presence"))[-1]["type"] == "snapshot"
+    assert await comm.receive_nothing(0.2)
+    await comm.disconnect()
+
+
+async def test_presence_lists_each_viewer_once(users, conversation):
+    alice1 = await connect(users["alice"], conversation.id)
+    alice2 = await connect(users["alice"], conversation.id)
+    bob = await connect(users["bob"], conversation.id)
+    frames = await frames_until(
+        alice1, lambda f: f["type"] == "presence" and len(f["viewers"]) == 2
+    )
+    assert frames[-1]["viewers"] == [{"username": "alice"}, {"username": "bob"}]
+    await bob.disconnect()
+    frames = await frames_until(
+        alice1, lambda f: f["type"] == "presence" and len(f["viewers"]) == 1
+    )
+    assert frames[-1]["viewers"] == [{"username": "alice"}]
+    await alice1.disconnect()
+    await alice2.disconnect()
+
+
+async def test_sweeper_interrupts_stale_streams_keeping_the_replay_log_text(
+    users, conversation, settings
+):
+    settings.STREAM_STALE_S = 5
+    watcher = await connect(users["bob"], conversation.id)
+    prompt = await Message.objects.acreate(conversation=conversation, role="user", content="hi")
+    stale = await Message.objects.acreate(
+        conversation=conversation,
+        role="assistant",
+        reply_to=prompt,
+        status="streaming",
+        content="Hel",
+        seq=1,
+        heartbeat_at=timezone.now() - timedelta(seconds=60),
+    )
+    for seq, text in enumerate(["Hel", "lo ", "there"], start=1):
+        await replay.append(str(stale.id), seq, text)
+    alive = await Message.objects.acreate(
+        conversation=await _other_conversation(users),
+        role="assistant",
+        status="streaming",
+        heartbeat_at=timezone.now(),
+    )
+
+    assert await sweeper.sweep() == 1
+    frames = await frames_until(watcher, done_of(str(stale.id)))
+    assert frames[-1]["message"]["status"] == "interrupted"
+    assert frames[-1]["message"]["content"] == "Hello there"
+    await stale.arefresh_from_db()
+    assert (stale.status, stale.content, stale.seq) == ("interrupted", "Hello there", 3)
+    await alive.arefresh_from_db()
+    assert alive.status == "streaming"
+    await watcher.disconnect()
+
+
+async def _other_conversation(users):
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(services.conversation_create)(owner=users["eve"], title="other")
+
+
+async def test_healthz_and_page(users, conversation, client):
+    response = await AsyncClient().get("/healthz")
+    assert response.status_code == 200
+    assert json.loads(response.content) == {"ok": True, "database": True, "channel_layer": True}
+
+    anonymous = await asyncio.to_thread(client.get, "/")
+    assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"]
+    await asyncio.to_thread(client.force_login, users["alice"])
+    page = await asyncio.to_thread(client.get, f"/c/{conversation.id}/")
+    assert page.status_code == 200
+    assert b"replies come from the built-in simulator" in page.content
+    assert str(conversation.id).encode() in page.content
+
+
+async def test_api_scopes_everything_to_membership(users, conversation):
+    eve, alice = AsyncClient(), AsyncClient()
+    await eve.aforce_login(users["eve"])
+    await alice.aforce_login(users["alice"])
+    assert (await eve.get(f"/api/conversations/{conversation.id}/messages/")).status_code == 404
+    listed = json.loads((await eve.get("/api/conversations/")).content)
+    assert listed == {"conversations": []}
+    mine = json.loads((await alice.get("/api/conversations/")).content)["conversations"]
+    assert [c["id"] for c in mine] == [str(conversation.id)]
+    bob = AsyncClient()
+    await bob.aforce_login(users["bob"])
+    refused = await bob.post(
+        f"/api/conversations/{conversation.id}/members/",
+        {"username": "eve", "role": "member"},
+        content_type="application/json",
+    )
+    assert refused.status_code == 403
+    assert (await AsyncClient().get("/api/conversations/")).status_code == 401

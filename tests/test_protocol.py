@@ -1,0 +1,105 @@
+"""Frame parsing, frame shapes and group naming: pure logic, no sockets."""
+
+import json
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chat import fanout, protocol
+from chat.exceptions import ChatError
+from chat.upstream import translate_error
+
+GROUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{oops", "bad_json"),
+        ("[1, 2]", "bad_json"),
+        ('"prompt"', "bad_json"),
+        ("{}", "bad_frame"),
+        ('{"type": "dance"}', "bad_frame"),
+        ('{"type": "prompt"}', "bad_frame"),
+        ('{"type": "prompt", "content": 5}', "bad_frame"),
+        ('{"type": "prompt", "content": "   "}', "bad_frame"),
+        ('{"type": "prompt", "content": "hi", "client_msg_id": ""}', "bad_frame"),
+        ('{"type": "cancel"}', "bad_frame"),
+        ('{"type": "cancel", "message_id": 7}', "bad_frame"),
+        ('{"type": "regenerate", "message_id": ""}', "bad_frame"),
+        ("[" * 100_000, "bad_json"),
+    ],
+)
+def test_refused_frames_say_why(raw, code):
+    with pytest.raises(ChatError) as refused:
+        protocol.parse_client_frame(raw)
+    assert refused.value.code == code
+
+
+def test_prompt_length_limit(settings):
+    settings.PROMPT_MAX_CHARS = 10
+    assert protocol.parse_client_frame('{"type":"prompt","content":"0123456789"}').content
+    with pytest.raises(ChatError) as refused:
+        protocol.parse_client_frame('{"type":"prompt","content":"0123456789x"}')
+    assert refused.value.code == "too_long"
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        ('{"type":"prompt","content":"hi","client_msg_id":"x"}', protocol.PromptFrame),
+        ('{"type":"cancel","message_id":"m"}', protocol.CancelFrame),
+        ('{"type":"regenerate","message_id":"m"}', protocol.RegenerateFrame),
+        ('{"type":"sync","extra":"ignored"}', protocol.SyncFrame),
+    ],
+)
+def test_valid_frames_parse(raw, kind):
+    assert isinstance(protocol.parse_client_frame(raw), kind)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
+def test_any_json_is_parsed_or_refused_with_a_code(value):
+    raw = json.dumps(value)
+    try:
+        protocol.parse_client_frame(raw)
+    except ChatError as refused:
+        assert refused.code in {"bad_json", "bad_frame", "too_long"}
+
+
+def test_delta_frame_is_compact_json():
+    text = protocol.delta_frame_text("m1", 3, 'say "hi" <b>')
+    assert json.loads(text) == {
+        "type": "delta",
+        "message_id": "m1",
+        "seq": 3,
+        "text": 'say "hi" <b>',
+    }
+    assert text.startswith('{"type":"delta","message_id":"m1","seq":3,"text":')
+
+
+@given(st.uuids())
+def test_group_names_are_valid_for_channels(value):
+    for name in (fanout.conversation_group(value), fanout.generation_group(str(value))):
+        assert set(name) <= GROUP_NAME_CHARS and len(name) < 100
+
+
+def test_group_names_refuse_anything_but_ids():
+    with pytest.raises(ValueError, match="badly formed"):
+        fanout.conversation_group("../../etc; DROP")
+    assert fanout.conversation_group(uuid.UUID(int=1)) != fanout.generation_group(uuid.UUID(int=1))
+
+
+def test_unexpected_upstream_errors_leak_no_text():
+    error = translate_error(RuntimeError("secret sk-123 in a traceback"))
+    assert error.code == "upstream_error"
+    assert "sk-123" not in error.detail

@@ -1,0 +1,181 @@
+"""The stream runner alone: the real openai client on the in-process simulator, a
+recording publisher instead of Channels, no database."""
+
+import asyncio
+
+import pytest
+
+from chat.simulator import SimSettings, simulator_client, tokenize
+from chat.streaming import StreamRequest, StreamRunner
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def count_to(n: int) -> str:
+    return ", ".join(str(i) for i in range(1, n + 1))
+
+
+class Recorder:
+    """Collects what the runner publishes and checkpoints."""
+
+    def __init__(self) -> None:
+        self.deltas: list[tuple[int, str]] = []
+        self.checkpoints: list[tuple[str, int]] = []
+
+    async def publish(self, seq: int, text: str) -> None:
+        self.deltas.append((seq, text))
+
+    async def checkpoint(self, text: str, seq: int) -> None:
+        self.checkpoints.append((text, seq))
+
+    @property
+    def text(self) -> str:
+        return "".join(t for _, t in self.deltas)
+
+
+def runner_for(
+    prompt: str, recorder: Recorder, *, flush_s: float = 0.03, idle_timeout_s: float = 10
+):
+    client = simulator_client(SimSettings(chunk_ms=1, ttft_ms=0), max_retries=0)
+    request = StreamRequest(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+    return StreamRunner(
+        client,
+        request,
+        publish=recorder.publish,
+        checkpoint=recorder.checkpoint,
+        flush_s=flush_s,
+        checkpoint_s=0.05,
+        idle_timeout_s=idle_timeout_s,
+    )
+
+
+async def test_complete_stream_is_relayed_whole_in_coalesced_numbered_deltas():
+    recorder = Recorder()
+    outcome = await runner_for("Count to 300", recorder).run()
+    expected = count_to(300)
+    assert outcome.status == "complete"
+    assert outcome.content == expected == recorder.text
+    assert [seq for seq, _ in recorder.deltas] == list(range(1, len(recorder.deltas) + 1))
+    assert outcome.seq == len(recorder.deltas)
+    assert len(recorder.deltas) < len(tokenize(expected)) / 4  # coalesced
+    assert outcome.finish_reason == "stop"
+    assert outcome.usage is not None and not outcome.usage.estimated
+    assert outcome.usage.completion_tokens == len(tokenize(expected))
+    assert outcome.ttft_ms is not None
+
+
+async def test_without_a_flush_window_every_chunk_is_its_own_delta():
+    recorder = Recorder()
+    outcome = await runner_for("Count to 20 [[sim chunk_ms=20]]", recorder, flush_s=0).run()
+    assert outcome.content == count_to(20)
+    # The first delta is never held back, and a slow upstream is relayed piece by piece.
+    assert recorder.deltas[0] == (1, "1")
+    assert len(recorder.deltas) > len(tokenize(count_to(20))) / 2
+
+
+async def test_checkpoints_hold_exactly_the_deltas_up_to_their_seq():
+    recorder = Recorder()
+    await runner_for("Count to 400 [[sim chunk_ms=1]]", recorder).run()
+    assert recorder.checkpoints, "a 1 s stream with 50 ms checkpoints saved nothing"
+    for text, seq in recorder.checkpoints:
+        assert text == "".join(t for _, t in recorder.deltas[:seq])
+
+
+@pytest.mark.parametrize(
+    "directive",
+    ["keepalive=1", "role_chunk=bare", "role_chunk=none", "usage=off"],
+)
+async def test_what_openai_compatible_servers_may_send_is_accepted(directive):
+    recorder = Recorder()
+    outcome = await runner_for(f"Count to 30 [[sim {directive}]]", recorder).run()
+    assert outcome.status == "complete"
+    assert outcome.content == count_to(30) == recorder.text
+    assert outcome.usage is not None
+    # A server that ignores stream_options: usage is estimated and flagged, never null.
+    assert outcome.usage.estimated is (directive == "usage=off")
+    assert outcome.usage.completion_tokens == len(tokenize(count_to(30)))
+
+
+@pytest.mark.parametrize(
+    ("directive", "code", "content"),
+    [
+        ("fault=http_429 retry_after_ms=20", "rate_limited", ""),
+        ("fault=http_500", "upstream_error", ""),
+        ("fault=error_after n=6", "upstream_error", "1, 2, "),
+        ("fault=drop_after n=6", "upstream_error", "1, 2, "),
+        ("fault=cut_after n=6", "upstream_error", "1, 2, "),
+        ("finish=content_filter", "content_filtered", count_to(10)),
+    ],
+)
+async def test_failures_keep_the_partial_text_and_say_why(directive, code, content):
+    recorder = Recorder()
+    outcome = await runner_for(f"Count to 10 [[sim {directive}]]", recorder).run()
+    assert outcome.status == "failed"
+    assert outcome.error is not None and outcome.error.code == code
+    assert outcome.content == content == recorder.text
+    if code == "rate_limited":
+        assert outcome.error.retry_after == pytest.approx(0.02)
+    if content and code != "content_filtered":
+        assert outcome.usage is not None and outcome.usage.estimated
+
+
+async def test_a_mid_stream_drop_is_reported_as_a_drop_not_as_unreachable():
+    outcome = await runner_for("Count to 10 [[sim fault=drop_after n=3]]", Recorder()).run()
+    assert outcome.error.detail == "The connection to the model dropped."
+
+
+@pytest.mark.parametrize("keepalive", ["", "keepalive=1"])
+async def test_a_stalled_upstream_times_out_with_the_text_so_far(keepalive):
+    recorder = Recorder()
+    runner = runner_for(
+        f"Count to 10 [[sim fault=stall_after n=4 {keepalive}]]", recorder, idle_timeout_s=0.5
+    )
+    outcome = await runner.run()
+    assert outcome.status == "failed"
+    assert outcome.error.code == "timeout"
+    assert outcome.content == "1, 2"
+
+
+async def test_length_finish_is_complete_and_says_so():
+    outcome = await runner_for("Count to 10 [[sim finish=length]]", Recorder()).run()
+    assert outcome.status == "complete"
+    assert outcome.finish_reason == "length"
+
+
+async def test_retry_before_the_first_token_succeeds_once_upstream_recovers():
+    recorder = Recorder()
+    client = simulator_client(SimSettings(chunk_ms=0, ttft_ms=0), max_retries=1)
+    request = StreamRequest(
+        model="m",
+        messages=[{"role": "user", "content": "Count to 5 [[sim fault=http_500 times=1]]"}],
+    )
+    outcome = await StreamRunner(client, request, publish=recorder.publish).run()
+    assert outcome.status == "complete"
+    assert outcome.content == recorder.text == count_to(5)
+
+
+@pytest.mark.parametrize("reason", ["cancelled", "interrupted"])
+async def test_stop_ends_at_once_with_the_text_relayed_so_far(reason):
+    recorder = Recorder()
+    runner = runner_for("Count to 5000 [[sim chunk_ms=2]]", recorder)
+    task = asyncio.create_task(runner.run())
+    while len(recorder.deltas) < 3:  # noqa: ASYNC110 - polls what the runner records
+        await asyncio.sleep(0.01)
+    runner.stop(reason)
+    outcome = await asyncio.wait_for(task, 5)
+    assert outcome.status == reason
+    assert outcome.content == recorder.text
+    assert 0 < len(outcome.content) < len(count_to(5000))
+    assert outcome.usage is not None and outcome.usage.estimated
+    assert outcome.error is None
+
+
+async def test_a_failing_publisher_does_not_lose_the_text():
+    async def broken(seq: int, text: str) -> None:
+        raise ConnectionError("layer down")
+
+    client = simulator_client(SimSettings(chunk_ms=0, ttft_ms=0))
+    request = StreamRequest(model="m", messages=[{"role": "user", "content": "Count to 50"}])
+    outcome = await StreamRunner(client, request, publish=broken).run()
+    assert outcome.status == "complete"
+    assert outcome.content == count_to(50)
