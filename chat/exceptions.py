@@ -4,7 +4,7 @@
 class ChatError(Exception):
     """A refused client action, reported to the client as an `error` frame."""
 
-    code = "error"
+    code = "internal_error"
 
     def __init__(self, detail: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(detail or self.default_detail)

@@ -13,7 +13,8 @@ log = logging.getLogger("project.settings")
 
 
 def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default).strip()
+    # Set-but-empty means "use the default", as `VAR=` in a compose file or shell does.
+    return os.environ.get(name, "").strip() or default
 
 
 def env_bool(name: str, default: bool = False) -> bool:

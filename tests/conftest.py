@@ -96,7 +96,13 @@ def _redis_postgres(tmp: Path) -> Iterator[Deployment]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session", params=["embedded", "redis-postgres"])
+@pytest.fixture(
+    scope="session",
+    params=[
+        "embedded",
+        pytest.param("redis-postgres", marks=[pytest.mark.redis, pytest.mark.postgres]),
+    ],
+)
 def deployment(request: pytest.FixtureRequest, artifacts: Path) -> Iterator[Deployment]:
     """Each live test runs once on the embedded default and once on Redis + PostgreSQL."""
     factory = _embedded if request.param == "embedded" else _redis_postgres

@@ -16,10 +16,10 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         users = []
         for username, password in DEMO_USERS:
-            user, created = get_user_model().objects.get_or_create(username=username)
-            if created:
-                user.set_password(password)
-                user.save()
+            user, _ = get_user_model().objects.get_or_create(username=username)
+            # Reset every time, so the printed passwords are always the right ones.
+            user.set_password(password)
+            user.save()
             users.append(user)
         alice, bob = users
         conversation = Conversation.objects.filter(owner=alice, title=DEMO_TITLE).first()
