@@ -197,13 +197,22 @@ class StreamRunner:
             kwargs["max_tokens"] = request.max_tokens
         # The SDK retries connection errors, 429 and 5xx while sending the request only,
         # never once the stream has started: no answer is billed or shown twice.
-        stream = await self._client.chat.completions.create(
-            model=request.model,
-            messages=list(request.messages),
-            stream=True,
-            stream_options={"include_usage": True},
-            **kwargs,
-        )
+        create = self._client.chat.completions.create
+        messages = list(request.messages)
+        try:
+            stream = await create(
+                model=request.model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                **kwargs,
+            )
+        except openai.BadRequestError as exc:
+            # Some OpenAI-compatible servers predate stream_options and refuse it: ask
+            # again without it (usage is then estimated and flagged).
+            if "stream_options" not in str(exc):
+                raise
+            stream = await create(model=request.model, messages=messages, stream=True, **kwargs)
         self._stream_open = True
         try:
             async for chunk in stream:

@@ -251,3 +251,25 @@ async def test_api_scopes_everything_to_membership(users, conversation):
     )
     assert refused.status_code == 403
     assert (await AsyncClient().get("/api/conversations/")).status_code == 401
+
+
+async def test_regenerate_answers_the_same_prompt_again_keeping_the_old_answer(users, conversation):
+    comm = await connect(users["bob"], conversation.id)
+    await comm.send_json_to({"type": "prompt", "content": "Count to 5"})
+    first = (await frames_until(comm, lambda f: f["type"] == "done"))[-1]["message"]
+
+    await comm.send_json_to({"type": "regenerate", "message_id": first["id"]})
+    frames = await frames_until(comm, lambda f: f["type"] == "done")
+    placeholder = next(f["message"] for f in frames if f["type"] == "message")
+    second = frames[-1]["message"]
+    assert placeholder["role"] == "assistant"
+    assert placeholder["status"] == "streaming"
+    assert second["id"] != first["id"]
+    assert second["reply_to"] == first["reply_to"]
+    assert second["content"] == "1, 2, 3, 4, 5"
+    assert await Message.objects.filter(conversation=conversation).acount() == 3
+
+    await comm.send_json_to({"type": "regenerate", "message_id": second["reply_to"]})
+    error = (await frames_until(comm, lambda f: f["type"] == "error"))[-1]
+    assert error["code"] == "not_found"  # a user message is not an answer
+    await comm.disconnect()

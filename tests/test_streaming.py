@@ -83,7 +83,7 @@ async def test_checkpoints_hold_exactly_the_deltas_up_to_their_seq():
 
 @pytest.mark.parametrize(
     "directive",
-    ["keepalive=1", "role_chunk=bare", "role_chunk=none", "usage=off"],
+    ["keepalive=1", "role_chunk=bare", "role_chunk=none", "usage=off", "stream_options=reject"],
 )
 async def test_what_openai_compatible_servers_may_send_is_accepted(directive):
     recorder = Recorder()
@@ -92,7 +92,7 @@ async def test_what_openai_compatible_servers_may_send_is_accepted(directive):
     assert outcome.content == count_to(30) == recorder.text
     assert outcome.usage is not None
     # A server that ignores stream_options: usage is estimated and flagged, never null.
-    assert outcome.usage.estimated is (directive == "usage=off")
+    assert outcome.usage.estimated is (directive in ("usage=off", "stream_options=reject"))
     assert outcome.usage.completion_tokens == len(tokenize(count_to(30)))
 
 

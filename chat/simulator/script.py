@@ -74,6 +74,9 @@ merge (later keys win). Unknown keys and malformed values are ignored.
                     directive text (counted per simulator instance); later ones succeed.
                     Default: every request.
 ``usage=off``       never send the usage chunk, whatever ``stream_options`` says.
+``stream_options=reject``  answer 400 "Unrecognized request argument supplied:
+                    stream_options" when the request has ``stream_options``, like
+                    servers that predate it.
 ``role_chunk=bare`` first chunk delta is ``{"role": "assistant"}`` (no content key);
 ``role_chunk=none`` no role chunk at all.
 ``keepalive=1``     send ``: keep-alive`` SSE comments before the first chunk and
@@ -420,6 +423,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
+    has_stream_options: bool = False
 
 
 class BadRequest(Exception):
@@ -450,6 +454,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
         stream=bool(body.get("stream")),
         include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
         max_tokens=limit,
+        has_stream_options="stream_options" in body,
     )
 
 
@@ -705,6 +710,12 @@ class Simulator:
         early = fault_plan(fault) if fault else None
         if early is not None:
             return early
+        if directives.get("stream_options") == "reject" and request.has_stream_options:
+            return error_plan(
+                400,
+                "Unrecognized request argument supplied: stream_options",
+                "invalid_request_error",
+            )
         completion = build_completion(
             request, directives, prompt, self._new_id("chatcmpl", raw), int(self.clock())
         )
