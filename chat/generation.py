@@ -113,10 +113,11 @@ async def _listen_for_cancel(message_id: uuid.UUID, runner: StreamRunner) -> Non
     await layer.group_add(group, channel)
     try:
         while True:
+            # Keep listening until cancelled: the pub/sub layer unsubscribes a channel
+            # only when a receive on it is cancelled.
             event = await layer.receive(channel)
             if event.get("type") == "generation.cancel":
                 runner.stop("cancelled")
-                return
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -4,6 +4,7 @@ place where vendor exceptions become our own `StreamError` codes."""
 import asyncio
 import logging
 import weakref
+from urllib.parse import urlsplit
 
 import httpx2
 import openai
@@ -57,9 +58,10 @@ def describe_upstream() -> str:
     """A one-line, secret-free description of where replies come from."""
     if settings.USE_SIMULATOR:
         return "the built-in simulator (no OPENAI_API_KEY or OPENAI_BASE_URL set)"
-    return (
-        f"{settings.OPENAI_BASE_URL or 'https://api.openai.com/v1'} (model {settings.OPENAI_MODEL})"
-    )
+    url = urlsplit(settings.OPENAI_BASE_URL or "https://api.openai.com/v1")
+    # Only scheme, host and path: a URL may carry credentials or a key in its query.
+    where = f"{url.scheme}://{url.hostname}{f':{url.port}' if url.port else ''}{url.path}"
+    return f"{where} (model {settings.OPENAI_MODEL})"
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:

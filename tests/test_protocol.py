@@ -103,3 +103,14 @@ def test_unexpected_upstream_errors_leak_no_text():
     error = translate_error(RuntimeError("secret sk-123 in a traceback"))
     assert error.code == "upstream_error"
     assert "sk-123" not in error.detail
+
+
+def test_the_upstream_description_carries_no_credentials(settings):
+    from chat.upstream import describe_upstream
+
+    settings.USE_SIMULATOR = False
+    settings.OPENAI_BASE_URL = "https://user:hunter2@llm.example:8443/v1?api-key=sk-9"
+    described = describe_upstream()
+    assert "https://llm.example:8443/v1" in described
+    assert "hunter2" not in described
+    assert "sk-9" not in described
