@@ -13,6 +13,7 @@ from django.views.decorators.http import require_http_methods
 from chat import fanout, protocol, selectors, services
 from chat.exceptions import ChatError, Forbidden, NotFound
 from chat.models import Membership
+from chat.text import clean_user_text
 
 STATUS_FOR_CODE = {"forbidden": 403, "not_found": 404}
 
@@ -73,6 +74,7 @@ def conversations(request: HttpRequest) -> JsonResponse:
         title = _body(request).get("title", "")
         if not isinstance(title, str) or len(title) > 200:
             raise ChatError("title must be a string of at most 200 characters.")
+        title = clean_user_text(title, field="title")
         conversation = services.conversation_create(owner=request.user, title=title)
         membership = selectors.membership_get(conversation_id=conversation.id, user=request.user)
         return JsonResponse(_conversation_payload(membership), status=201)
@@ -98,6 +100,7 @@ def members(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
     username, role = data.get("username"), data.get("role", "member")
     if not isinstance(username, str) or not isinstance(role, str):
         raise ChatError("username and role must be strings.")
+    username = clean_user_text(username, field="username")
     added = services.member_set(
         conversation=membership.conversation, actor=request.user, username=username, role=role
     )
@@ -111,7 +114,9 @@ def member(request: HttpRequest, conversation_id: uuid.UUID, username: str) -> H
     if membership.conversation.owner_id != request.user.pk:
         raise Forbidden("Only the owner can manage members.")
     user_id = services.member_remove(
-        conversation=membership.conversation, actor=request.user, username=username
+        conversation=membership.conversation,
+        actor=request.user,
+        username=clean_user_text(username, field="username"),
     )
     # Their open sockets on this conversation close with 4403 at once.
     async_to_sync(fanout.publish_member_removed)(conversation_id, user_id)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from chat.exceptions import BadFrame, ChatError, TooLong
 from chat.models import Message
+from chat.text import clean_user_text
 
 ClientMsgId = Annotated[str, Field(min_length=1, max_length=100)]
 MessageId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -72,16 +73,18 @@ def parse_client_frame(text: str) -> PromptFrame | CancelFrame | RegenerateFrame
         fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
         raise BadFrame(f"Invalid field(s): {fields}.") from exc
     if isinstance(frame, PromptFrame):
-        check_prompt(frame.content)
+        return frame.model_copy(update={"content": clean_prompt(frame.content)})
     return frame
 
 
-def check_prompt(content: str) -> None:
-    """Refuse prompts that are empty or over the configured length."""
+def clean_prompt(content: str) -> str:
+    """The prompt as stored, or a ChatError: empty, too long, or unstorable text."""
     if len(content) > settings.PROMPT_MAX_CHARS:
         raise TooLong(f"The prompt is over {settings.PROMPT_MAX_CHARS} characters.")
+    content = clean_user_text(content, field="prompt")
     if not content.strip():
         raise BadFrame("The prompt is empty.")
+    return content
 
 
 # ---- server -> client -------------------------------------------------------------

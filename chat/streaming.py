@@ -18,6 +18,7 @@ from typing import Any
 import openai
 
 from chat.exceptions import StreamError
+from chat.text import clean_model_text
 from chat.upstream import translate_error
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,7 @@ class StreamRunner:
                 continue
             text = choice.delta.content if choice.delta is not None else None
             if text:
+                text = clean_model_text(text)
                 if self._first_token_at is None:
                     self._first_token_at = time.monotonic()
                 self._pieces += 1

@@ -4,6 +4,7 @@ and once on PostgreSQL + Redis with the simulator as its own HTTP server."""
 
 import asyncio
 import contextlib
+import json
 
 import pytest
 from websockets.asyncio.client import connect
@@ -243,6 +244,12 @@ async def test_bad_frames_get_error_frames_and_the_socket_keeps_working(sessions
     assert too_long["client_msg_id"] == "c1"
     assert (await error_for('{"type":"cancel","message_id":"nope"}'))["code"] == "not_found"
 
+    # Text no database can store is refused before anything is stored or sent upstream.
+    for hostile in ("a\x00b", "lone \ud800", " \u202e "):
+        refused = await error_for(json.dumps({"type": "prompt", "content": hostile}))
+        assert refused["code"] == "bad_frame"
+    assert await alice.messages(conv) == []
+
     read_only = await carol.viewer(conv)
     start = len(read_only.frames)
     await read_only.send({"type": "prompt", "content": "hi"})
@@ -274,4 +281,20 @@ async def test_a_second_prompt_while_one_streams_is_busy_and_a_retry_is_idempote
     await viewer.done(placeholder["id"])
     stored = await alice.messages(conv)
     assert [m["role"] for m in stored] == ["user", "assistant"]
+    await viewer.close()
+
+
+async def test_model_output_with_nul_and_html_is_stored_and_relayed_as_text(sessions, server):
+    alice = sessions["alice"]
+    conv = await alice.create_conversation()
+    viewer = await alice.viewer(conv)
+    _, placeholder = await viewer.prompt(
+        "Echo [[sim reply=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E%00%3Cscript%3Ex()%3C%2Fscript%3E]]"
+    )
+    final = await viewer.done(placeholder["id"])
+    expected = "<img src=x onerror=alert(1)>\ufffd<script>x()</script>"
+    assert final["status"] == "complete"
+    assert final["content"] == expected
+    stored = {m["id"]: m for m in await alice.messages(conv)}[placeholder["id"]]
+    assert stored["content"] == expected
     await viewer.close()

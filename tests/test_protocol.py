@@ -114,3 +114,37 @@ def test_the_upstream_description_carries_no_credentials(settings):
     assert "https://llm.example:8443/v1" in described
     assert "hunter2" not in described
     assert "sk-9" not in described
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        ("hello\x00world", "NUL"),
+        ("bad \ud800 surrogate", "surrogate"),
+        ("\u202e\u2066 \n\t ", "empty"),
+    ],
+)
+def test_unstorable_prompts_are_refused_with_a_clear_error(content, detail):
+    with pytest.raises(ChatError, match=detail) as refused:
+        protocol.parse_client_frame(json.dumps({"type": "prompt", "content": content}))
+    assert refused.value.code == "bad_frame"
+
+
+def test_bidi_overrides_are_dropped_and_right_to_left_text_kept():
+    frame = protocol.parse_client_frame(
+        json.dumps({"type": "prompt", "content": "abc\u202edef \u05e9\u05dc\u05d5\u05dd\u200f"})
+    )
+    assert frame.content == "abcdef \u05e9\u05dc\u05d5\u05dd\u200f"
+
+
+@given(st.text(st.characters(blacklist_categories=[])))
+def test_model_text_is_always_made_storable(text):
+    from chat.text import clean_model_text
+
+    cleaned = clean_model_text(text)
+    assert "\x00" not in cleaned
+    cleaned.encode("utf-8")  # never raises
+    if "\x00" not in text and text.encode("utf-8", "surrogatepass") == text.encode(
+        "utf-8", "replace"
+    ):
+        assert cleaned == text
