@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import fanout, lifecycle, presence, protocol, replay, selectors, services
+from chat import fanout, lifecycle, presence, protocol, selectors, services, snapshots
 from chat.exceptions import BadFrame, ChatError, Forbidden, NotFound
 from chat.generation import Job, registry
 from chat.models import Membership, Message
@@ -182,25 +182,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # ---- server frames ------------------------------------------------------------
 
     async def send_snapshot(self) -> None:
-        messages = await db(selectors.message_list)(conversation_id=self.conversation_id)
-        payloads = []
-        for message in messages:
-            payload = protocol.message_payload(message)
-            if message.status == Message.Status.STREAMING:
-                await _merge_replay_log(payload)
-                self.snapshot_seq[payload["id"]] = payload["seq"]
-            payloads.append(payload)
-        conversation = self.membership.conversation
-        frame = {
-            "type": "snapshot",
-            "conversation": {
-                "id": str(conversation.id),
-                "title": conversation.title,
-                "role": self.membership.role,
-            },
-            "messages": payloads,
-            "viewers": await presence.viewers(str(self.conversation_id)),
-        }
+        frame = await snapshots.build(self.membership)
+        self.snapshot_seq.update(snapshots.streaming_seqs(frame))
         await self.send(text_data=protocol.dumps(frame))
 
     async def _announce_presence(self) -> None:
@@ -229,17 +212,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if event["user_id"] == self.user.pk:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.close(code=CLOSE_NOT_MEMBER)
-
-
-async def _merge_replay_log(payload: dict[str, Any]) -> None:
-    """Bring a streaming message's text up to the replay log (ahead of the checkpoint)."""
-    try:
-        state = await replay.read(payload["id"])
-    except Exception:
-        log.warning("replay log unreadable; snapshot uses the checkpoint", exc_info=True)
-        return
-    if state is not None and state.seq >= payload["seq"]:
-        payload["content"], payload["seq"] = state.text, state.seq
 
 
 def _peek_client_msg_id(text: str) -> str | None:

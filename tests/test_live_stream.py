@@ -5,6 +5,7 @@ and once on PostgreSQL + Redis with the simulator as its own HTTP server."""
 import asyncio
 import contextlib
 import json
+from urllib.parse import quote
 
 import pytest
 from websockets.asyncio.client import connect
@@ -288,9 +289,8 @@ async def test_model_output_with_nul_and_html_is_stored_and_relayed_as_text(sess
     alice = sessions["alice"]
     conv = await alice.create_conversation()
     viewer = await alice.viewer(conv)
-    _, placeholder = await viewer.prompt(
-        "Echo [[sim reply=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E%00%3Cscript%3Ex()%3C%2Fscript%3E]]"
-    )
+    reply = quote("<img src=x onerror=alert(1)>\x00<script>x()</script>", safe="")
+    _, placeholder = await viewer.prompt(f"Echo [[sim reply={reply}]]")
     final = await viewer.done(placeholder["id"])
     expected = "<img src=x onerror=alert(1)>\ufffd<script>x()</script>"
     assert final["status"] == "complete"
