@@ -5,9 +5,11 @@ whose task outlives this socket. Every frame the runner publishes reaches this c
 through the conversation group and is forwarded as the text it was serialized to once.
 """
 
+import asyncio
 import json
 import logging
 import uuid
+import weakref
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -26,6 +28,10 @@ CLOSE_NOT_SIGNED_IN = 4401
 CLOSE_NOT_MEMBER = 4403
 CLOSE_NO_CONVERSATION = 4404
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+
+# This process's open sockets, so a recovered Redis can have each resend a snapshot.
+_live_consumers: "weakref.WeakSet[ChatConsumer]" = weakref.WeakSet()
 
 db = database_sync_to_async
 
@@ -59,14 +65,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
             exists = await db(selectors.conversation_exists)(conversation_id=self.conversation_id)
             await self.close(code=CLOSE_NOT_MEMBER if exists else CLOSE_NO_CONVERSATION)
             return
-        # Join the group before reading the snapshot, so no delta falls between them.
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        self.joined = True
-        await self.send_snapshot()
-        await presence.join(str(self.conversation_id), self.channel_name, user.username)
-        await self._announce_presence()
+        try:
+            # Join the group before reading the snapshot, so no delta falls between them.
+            await self.channel_layer.group_add(self.group, self.channel_name)
+            self.joined = True
+            await self.send_snapshot()
+        except Exception as exc:
+            # The layer (Redis) is down: ask the client to come back rather than show
+            # a view that would miss deltas.
+            log.warning("connect failed, channel layer unavailable: %r", exc)
+            self.joined = False
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        _live_consumers.add(self)
+        try:
+            await presence.join(str(self.conversation_id), self.channel_name, user.username)
+            await self._announce_presence()
+        except Exception as exc:
+            log.warning("presence update failed: %r", exc)
 
     async def disconnect(self, code: int) -> None:
+        _live_consumers.discard(self)
         if not self.joined:
             return
         self.joined = False
@@ -207,6 +226,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await self.send(text_data=event["text"])
 
+    async def resync(self) -> None:
+        """Send a fresh snapshot after frames may have been lost (a layer outage)."""
+        if self.joined:
+            try:
+                await self.send_snapshot()
+            except Exception as exc:
+                log.warning("resync snapshot failed: %r", exc)
+
     async def chat_member_removed(self, event: dict[str, Any]) -> None:
         """A member lost access: if it is this socket's user, close at once."""
         if event["user_id"] == self.user.pk:
@@ -223,3 +250,10 @@ def _peek_client_msg_id(text: str) -> str | None:
     except (ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) and 0 < len(value) <= 100 else None
+
+
+async def resync_all() -> int:
+    """Have every open socket of this process resend its snapshot; returns how many."""
+    consumers = list(_live_consumers)
+    await asyncio.gather(*(c.resync() for c in consumers))
+    return len(consumers)

@@ -33,12 +33,17 @@ def generation_group(message_id: uuid.UUID | str) -> str:
 
 async def publish(conversation_id: uuid.UUID | str, event: dict[str, Any]) -> bool:
     """Send one event to the conversation group; False (logged) if the layer failed."""
-    try:
-        await get_channel_layer().group_send(conversation_group(conversation_id), event)
-    except Exception as exc:  # the layer's errors vary by backend (Redis, capacity, ...)
-        log.warning("group_send to conversation %s failed: %r", conversation_id, exc)
-        return False
-    return True
+    group = conversation_group(conversation_id)
+    for attempt in (1, 2):
+        try:
+            await get_channel_layer().group_send(group, event)
+            return True
+        except Exception as exc:  # the layer's errors vary by backend (Redis, capacity...)
+            # After a Redis restart the layer's first publish fails on its stale
+            # connection and reconnects: one retry saves that frame.
+            if attempt == 2:
+                log.warning("group_send to conversation %s failed: %r", conversation_id, exc)
+    return False
 
 
 async def publish_frame(conversation_id: uuid.UUID | str, frame: dict[str, Any]) -> bool:

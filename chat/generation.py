@@ -71,7 +71,7 @@ class Registry:
         runner = StreamRunner(
             get_client(),
             job.request,
-            publish=lambda seq, text: _publish(job, seq, text),
+            publish=Relay(job),
             checkpoint=lambda text, seq: database_sync_to_async(services.message_checkpoint)(
                 message_id=job.message_id, content=text, seq=seq
             ),
@@ -95,15 +95,34 @@ class Registry:
         await _store(job, outcome)
 
 
-async def _publish(job: Job, seq: int, text: str) -> None:
-    # Log first, then publish: a viewer that read the log before this append is already
-    # in the group and gets the delta live; one that read after has it in its snapshot.
-    message_id = str(job.message_id)
-    try:
-        await replay.append(message_id, seq, text)
-    except Exception:
-        log.warning("replay log append failed for %s seq %s", message_id, seq, exc_info=True)
-    await fanout.publish_delta(job.conversation_id, message_id, seq, text)
+class Relay:
+    """Publishes a generation's deltas: to the replay log first, then to the group.
+
+    Log first: a viewer that read the log before this append is already in the group
+    and gets the delta live; one that read after has it in its snapshot. If an append
+    fails (Redis outage), the log is rewritten whole at the next flush that can reach
+    Redis, so it never holds a text with a hole in it.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._message_id = str(job.message_id)
+        self._texts: list[str] = []
+        self._log_intact = True
+
+    async def __call__(self, seq: int, text: str) -> None:
+        self._texts.append(text)
+        try:
+            if self._log_intact:
+                await replay.append(self._message_id, seq, text)
+            else:
+                await replay.rewrite(self._message_id, self._texts)
+                self._log_intact = True
+                log.info("replay log of %s rebuilt up to seq %s", self._message_id, seq)
+        except Exception as exc:
+            self._log_intact = False
+            log.warning("replay log append failed for %s seq %s: %r", self._message_id, seq, exc)
+        await fanout.publish_delta(self._job.conversation_id, self._message_id, seq, text)
 
 
 async def _listen_for_cancel(message_id: uuid.UUID, runner: StreamRunner) -> None:

@@ -12,6 +12,9 @@ from django.conf import settings
 
 log = logging.getLogger(__name__)
 
+REDIS_WATCH_INTERVAL_S = 1.0
+RESYNC_AGAIN_AFTER_S = 3.0
+
 _started_loops: set[int] = set()
 _background: set[asyncio.Task[None]] = set()
 
@@ -26,7 +29,36 @@ def ensure_started() -> None:
         task = loop.create_task(_sweep_forever(), name="stream-sweeper")
         _background.add(task)
         task.add_done_callback(_background.discard)
+    if settings.REDIS_URL:
+        watcher = loop.create_task(_watch_redis(), name="redis-watch")
+        _background.add(watcher)
+        watcher.add_done_callback(_background.discard)
     _hook_twisted_shutdown()
+
+
+async def _watch_redis() -> None:
+    # Frames published while Redis was down are lost for good (the layer is
+    # at-most-once): when it answers again, every socket gets a fresh snapshot, twice,
+    # because the layer resubscribes on its own schedule and a `done` may fall between.
+    from chat.consumers import resync_all
+    from chat.redis_conn import get_redis
+
+    healthy = True
+    while True:
+        await asyncio.sleep(REDIS_WATCH_INTERVAL_S)
+        try:
+            await asyncio.wait_for(get_redis().ping(), REDIS_WATCH_INTERVAL_S)
+            up = True
+        except Exception:
+            up = False
+        if up and not healthy:
+            log.warning("Redis is back: resyncing the open sockets of this process")
+            for delay in (0.0, RESYNC_AGAIN_AFTER_S):
+                await asyncio.sleep(delay)
+                await resync_all()
+        elif healthy and not up:
+            log.warning("Redis is unreachable: live frames are lost until it returns")
+        healthy = up
 
 
 async def _sweep_forever() -> None:

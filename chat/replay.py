@@ -52,8 +52,24 @@ async def read(message_id: str) -> LogState | None:
     entries = await get_redis().xrange(_stream_key(message_id))
     if not entries:
         return None
+    if int(entries[-1][1][b"s"]) != len(entries):
+        # A hole (an append lost in an outage, not yet rebuilt): the checkpoint is safer.
+        return None
     texts = [fields[b"t"].decode() for _, fields in entries]
-    return LogState("".join(texts), int(entries[-1][1][b"s"]))
+    return LogState("".join(texts), len(entries))
+
+
+async def rewrite(message_id: str, texts: list[str]) -> None:
+    """Replace the log with deltas 1..len(texts) (after appends were lost)."""
+    if not redis_enabled():
+        _memory_logs[message_id] = list(texts)
+        return
+    pipe = get_redis().pipeline(transaction=True)
+    pipe.delete(_stream_key(message_id))
+    for seq, text in enumerate(texts, start=1):
+        pipe.xadd(_stream_key(message_id), {"s": seq, "t": text})
+    pipe.expire(_stream_key(message_id), RUNNING_TTL_S)
+    await pipe.execute()
 
 
 async def finish(message_id: str) -> None:
@@ -63,3 +79,24 @@ async def finish(message_id: str) -> None:
         loop.call_later(FINISHED_TTL_S, _memory_logs.pop, message_id, None)
         return
     await get_redis().expire(_stream_key(message_id), FINISHED_TTL_S)
+
+
+async def entries(message_id: str, after_seq: int) -> list[tuple[int, str]] | None:
+    """Deltas with a seq above `after_seq`, as (seq, text) in order, for a resuming reader.
+
+    None when there is no log (never streamed, expired) or it has a hole: the caller then
+    falls back to a full snapshot, as a resume from a log with a gap could not be exact.
+    """
+    if not redis_enabled():
+        parts = _memory_logs.get(message_id)
+        if parts is None:
+            return None
+        return [(seq, text) for seq, text in enumerate(parts, start=1) if seq > after_seq]
+    logged = await get_redis().xrange(_stream_key(message_id))
+    if not logged or int(logged[-1][1][b"s"]) != len(logged):
+        return None
+    return [
+        (int(fields[b"s"]), fields[b"t"].decode())
+        for _, fields in logged
+        if int(fields[b"s"]) > after_seq
+    ]

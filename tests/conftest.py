@@ -66,9 +66,11 @@ def _embedded(tmp: Path) -> Iterator[Deployment]:
     deployment.stop_all()
 
 
-def _redis_postgres(tmp: Path) -> Iterator[Deployment]:
+def _redis_postgres(tmp: Path, redis_url: str | None = None) -> Iterator[Deployment]:
     services.require("postgres")
-    services.require("redis")
+    if redis_url is None:
+        services.require("redis")
+        redis_url = f"{services.REDIS_BASE_URL}/{1 + uuid.uuid4().int % 15}"
     tmp.mkdir(parents=True, exist_ok=True)
     name = f"chat_live_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(services.POSTGRES_ADMIN_URL, autocommit=True) as conn:
@@ -79,7 +81,7 @@ def _redis_postgres(tmp: Path) -> Iterator[Deployment]:
         **_base_env(),
         "DATABASE_URL": f"{admin}/{name}",
         # Pub/sub channels ignore the database number: the prefix keeps runs apart.
-        "REDIS_URL": f"{services.REDIS_BASE_URL}/{1 + uuid.uuid4().int % 15}",
+        "REDIS_URL": redis_url,
         "CHANNEL_PREFIX": f"t{uuid.uuid4().hex[:8]}",
         "OPENAI_BASE_URL": sim_url,
         "OPENAI_API_KEY": "sk-live-test-key",

@@ -240,7 +240,9 @@ class Session:
         assert status == 200, data
         return data["messages"]
 
-    async def viewer(self, conversation_id: str, server: Server | None = None) -> "Viewer":
+    async def viewer(
+        self, conversation_id: str, server: Server | None = None, *, heal: bool = False
+    ) -> "Viewer":
         server = server or self.server
         ws = await connect(
             f"{server.ws_url}/ws/chat/{conversation_id}/",
@@ -249,7 +251,7 @@ class Session:
             compression=None,
             max_size=None,
         )
-        viewer = Viewer(ws, name=self.username)
+        viewer = Viewer(ws, name=self.username, heal=heal)
         viewer.start()
         await viewer.wait_for(lambda f: f["type"] == "snapshot", what="snapshot")
         return viewer
@@ -258,9 +260,12 @@ class Session:
 class Viewer:
     """A websocket client that applies the protocol's merge rule and records breaches."""
 
-    def __init__(self, ws: ClientConnection, name: str = "") -> None:
+    def __init__(self, ws: ClientConnection, name: str = "", *, heal: bool = False) -> None:
         self.ws = ws
         self.name = name
+        # heal: on a gap, do what the page does (send `sync`) instead of recording it.
+        self.heal = heal
+        self.syncs = 0
         self.frames: list[dict[str, Any]] = []
         self.texts: dict[str, str] = {}
         self.seqs: dict[str, int] = {}
@@ -302,7 +307,13 @@ class Viewer:
         elif kind == "delta":
             mid, seq = frame["message_id"], frame["seq"]
             expected = self.seqs.get(mid, 0) + 1
+            if seq < expected and self.heal:
+                return  # already shown (the snapshot held it)
             if seq != expected:
+                if self.heal:
+                    self.syncs += 1
+                    asyncio.get_running_loop().create_task(self.send({"type": "sync"}))
+                    return
                 self.breaches.append(f"{self.name}: delta seq {seq} for {mid}, expected {expected}")
                 return
             self.texts[mid] = self.texts.get(mid, "") + frame["text"]
@@ -355,6 +366,18 @@ class Viewer:
             timeout=timeout,
         )
         return frame["message"]
+
+    async def final_text(self, message_id: str, timeout: float = 30) -> str:
+        """The text shown once the message is final, by `done` or by a snapshot."""
+        await self.wait_for(
+            lambda f: (
+                (f["type"] == "done" and f["message"]["id"] == message_id)
+                or (f["type"] == "snapshot" and message_id in self.final)
+            ),
+            what=f"final state of {message_id}",
+            timeout=timeout,
+        )
+        return self.texts[message_id]
 
     async def prompt(self, content: str, **extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Send a prompt; returns (user message, assistant placeholder) as broadcast."""
