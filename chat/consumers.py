@@ -47,9 +47,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         lifecycle.ensure_started()
         self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
         self.group = fanout.conversation_group(self.conversation_id)
-        # Seq of each streaming message as this socket's snapshot held it: live deltas
-        # at or below it are already shown and are dropped.
-        self.snapshot_seq: dict[str, int] = {}
+        # The last seq of each message this socket has shown (by snapshot or delta):
+        # deltas at or below it are dropped, and one beyond the next means frames were
+        # lost on the way (layer overflow or outage), healed with a fresh snapshot.
+        self.sent_seq: dict[str, int] = {}
         user = self.scope.get("user")
         # Accept, then close: a refusal before accept reaches browsers as a bare HTTP 403
         # with no code, and the page could not tell "sign in" from "not a member".
@@ -202,7 +203,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_snapshot(self) -> None:
         frame = await snapshots.build(self.membership)
-        self.snapshot_seq.update(snapshots.streaming_seqs(frame))
+        self.sent_seq.update(snapshots.streaming_seqs(frame))
         await self.send(text_data=protocol.dumps(frame))
 
     async def _announce_presence(self) -> None:
@@ -221,10 +222,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=event["text"])
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
-        """A delta; dropped if this socket's snapshot already held it."""
-        if event["seq"] <= self.snapshot_seq.get(event["message_id"], 0):
+        """A delta: forwarded if it is the next one, dropped if already shown, and
+        replaced by a snapshot if some were lost before it."""
+        message_id, seq = event["message_id"], event["seq"]
+        last = self.sent_seq.get(message_id, 0)
+        if seq <= last:
             return
+        if seq > last + 1:
+            log.info("socket missed deltas %d..%d of %s: resyncing", last + 1, seq - 1, message_id)
+            await self.send_snapshot()
+            return
+        self.sent_seq[message_id] = seq
         await self.send(text_data=event["text"])
+
+    async def refresh_group(self) -> None:
+        """Renew this socket's group membership before the layer's group expiry."""
+        if self.joined:
+            await self.channel_layer.group_add(self.group, self.channel_name)
 
     async def resync(self) -> None:
         """Send a fresh snapshot after frames may have been lost (a layer outage)."""
@@ -252,8 +266,13 @@ def _peek_client_msg_id(text: str) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= 100 else None
 
 
+def live_consumers() -> list["ChatConsumer"]:
+    """The open, joined sockets of this process."""
+    return list(_live_consumers)
+
+
 async def resync_all() -> int:
     """Have every open socket of this process resend its snapshot; returns how many."""
-    consumers = list(_live_consumers)
+    consumers = live_consumers()
     await asyncio.gather(*(c.resync() for c in consumers))
     return len(consumers)

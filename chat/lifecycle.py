@@ -7,7 +7,9 @@ startup hook (it does not speak the ASGI lifespan protocol).
 import asyncio
 import logging
 import sys
+import weakref
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 log = logging.getLogger(__name__)
@@ -15,25 +17,45 @@ log = logging.getLogger(__name__)
 REDIS_WATCH_INTERVAL_S = 1.0
 RESYNC_AGAIN_AFTER_S = 3.0
 
-_started_loops: set[int] = set()
+# Weak: a closed loop's id may be reused by a new one (tests start many loops).
+_started_loops: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
 _background: set[asyncio.Task[None]] = set()
 
 
 def ensure_started() -> None:
     """Start this loop's sweeper and hook shutdown, once per event loop."""
     loop = asyncio.get_running_loop()
-    if id(loop) in _started_loops:
+    if loop in _started_loops:
         return
-    _started_loops.add(id(loop))
+    _started_loops.add(loop)
     if settings.STREAM_SWEEP_INTERVAL_S > 0:
         task = loop.create_task(_sweep_forever(), name="stream-sweeper")
         _background.add(task)
         task.add_done_callback(_background.discard)
+    group_expiry = getattr(get_channel_layer(), "group_expiry", None)
+    if group_expiry:
+        refresher = loop.create_task(_refresh_groups(group_expiry), name="group-refresh")
+        _background.add(refresher)
+        refresher.add_done_callback(_background.discard)
     if settings.REDIS_URL:
         watcher = loop.create_task(_watch_redis(), name="redis-watch")
         _background.add(watcher)
         watcher.add_done_callback(_background.discard)
     _hook_twisted_shutdown()
+
+
+async def _refresh_groups(group_expiry: float) -> None:
+    # The in-memory and core Redis layers drop a group member `group_expiry` seconds
+    # after it joined, however active: a viewer connected longer would go silent.
+    from chat.consumers import live_consumers
+
+    while True:
+        await asyncio.sleep(max(group_expiry / 3, 0.2))
+        for consumer in live_consumers():
+            try:
+                await consumer.refresh_group()
+            except Exception as exc:
+                log.warning("group refresh failed: %r", exc)
 
 
 async def _watch_redis() -> None:

@@ -114,21 +114,36 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_str("REDIS_URL")
 CHANNEL_PREFIX = env_str("CHANNEL_PREFIX", "chat")
 REDIS_CHANNEL_LAYER = env_str("REDIS_CHANNEL_LAYER", "pubsub")
-if REDIS_URL:
+# Capacity and group expiry apply to the in-memory and core Redis layers (pub/sub has
+# neither); see docs/decisions.md "Channel capacity and group expiry".
+CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000)
+CHANNEL_GROUP_EXPIRY_S = env_int("CHANNEL_GROUP_EXPIRY_S", 86400)
+if REDIS_URL and REDIS_CHANNEL_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": {
-                "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
-                "core": "channels_redis.core.RedisChannelLayer",
-            }[REDIS_CHANNEL_LAYER],
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL], "prefix": CHANNEL_PREFIX},
         }
     }
+elif REDIS_URL and REDIS_CHANNEL_LAYER == "core":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": CHANNEL_PREFIX,
+                "capacity": CHANNEL_CAPACITY,
+                "group_expiry": CHANNEL_GROUP_EXPIRY_S,
+            },
+        }
+    }
+elif REDIS_URL:
+    raise ImproperlyConfigured("REDIS_CHANNEL_LAYER must be 'pubsub' or 'core'.")
 else:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": 1000},
+            "CONFIG": {"capacity": CHANNEL_CAPACITY, "group_expiry": CHANNEL_GROUP_EXPIRY_S},
         }
     }
 

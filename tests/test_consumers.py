@@ -273,3 +273,56 @@ async def test_regenerate_answers_the_same_prompt_again_keeping_the_old_answer(u
     error = (await frames_until(comm, lambda f: f["type"] == "error"))[-1]
     assert error["code"] == "not_found"  # a user message is not an answer
     await comm.disconnect()
+
+
+async def test_a_viewer_connected_longer_than_the_group_expiry_keeps_receiving(
+    users, conversation, settings
+):
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"group_expiry": 1},
+        }
+    }
+    watcher = await connect(users["bob"], conversation.id)
+    asker = await connect(users["alice"], conversation.id)
+    await asyncio.sleep(2.5)  # both joined more than two expiries ago
+    await asker.send_json_to({"type": "prompt", "content": "Count to 12"})
+    frames = await frames_until(watcher, lambda f: f["type"] == "done")
+    assert "".join(f["text"] for f in frames if f["type"] == "delta") == count_to(12)
+    await watcher.disconnect()
+    await asker.disconnect()
+
+
+async def test_a_socket_that_missed_deltas_gets_a_snapshot_instead_of_a_gap(users, conversation):
+    from channels.layers import get_channel_layer
+
+    from chat import fanout
+
+    viewer = await connect(users["bob"], conversation.id)
+    prompt = await Message.objects.acreate(conversation=conversation, role="user", content="hi")
+    streaming = await Message.objects.acreate(
+        conversation=conversation,
+        role="assistant",
+        reply_to=prompt,
+        status="streaming",
+        heartbeat_at=timezone.now(),
+    )
+    for seq, text in enumerate(["one ", "two ", "three"], start=1):
+        await replay.append(str(streaming.id), seq, text)
+    # Deltas 1 and 2 were lost on the way (an overflowing channel, an outage): 3 arrives.
+    await get_channel_layer().group_send(
+        fanout.conversation_group(conversation.id),
+        {
+            "type": "chat.delta",
+            "message_id": str(streaming.id),
+            "seq": 3,
+            "text": '{"type":"delta"}',
+        },
+    )
+    frame = (await frames_until(viewer, lambda f: f["type"] in ("snapshot", "delta")))[-1]
+    assert frame["type"] == "snapshot"
+    healed = {m["id"]: m for m in frame["messages"]}[str(streaming.id)]
+    assert (healed["content"], healed["seq"]) == ("one two three", 3)
+    await viewer.disconnect()
+    await Message.objects.filter(pk=streaming.pk).aupdate(status="complete")

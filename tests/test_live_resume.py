@@ -2,6 +2,7 @@
 exactly the stored text: no gap, no duplicate (on both deployments)."""
 
 import asyncio
+import json
 import random
 
 import pytest
@@ -92,3 +93,36 @@ async def test_the_same_client_msg_id_racing_on_two_processes_makes_one_generati
         await on_second.close()
         first.process.stop()
         second.process.stop()
+
+
+async def test_a_viewer_that_stops_reading_slows_no_one_and_catches_up(sessions, server):
+    from websockets.asyncio.client import connect
+
+    from chat.merge import ConversationView
+
+    alice, bob = sessions["alice"], sessions["bob"]
+    conv = await alice.create_conversation(members={"bob": "member"})
+    # A paused tab: a socket whose reader has stopped (one frame buffered, then TCP
+    # back-pressure), next to a normal viewer.
+    paused = await connect(
+        f"{server.ws_url}/ws/chat/{conv}/",
+        origin=server.url,
+        max_queue=1,
+        additional_headers={"Cookie": bob.cookie_header()},
+        compression=None,
+    )
+    watcher = await alice.viewer(conv)
+    _, placeholder = await watcher.prompt("Write [[sim words=6000 chunk_ms=0 ttft_ms=0]]")
+    final = await watcher.done(placeholder["id"], timeout=60)
+    assert final["status"] == "complete" and watcher.breaches == []
+
+    # Resumed, the paused viewer catches up from what the server kept for it.
+    view = ConversationView()
+    async for raw in paused:
+        frame = json.loads(raw)
+        assert not view.apply(frame), "the paused viewer saw a gap"
+        if frame["type"] == "done" and frame["message"]["id"] == placeholder["id"]:
+            break
+    assert view.text(placeholder["id"]) == final["content"]
+    await paused.close()
+    await watcher.close()
