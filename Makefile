@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format install sweep clean lock
+.PHONY: run test lint format install sweep clean lock browser
 
 $(BIN)/.installed: requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ run: install
 	@echo "Open http://$(HOST):$(PORT)/ and sign in with one of the accounts above."
 	$(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Browser tests drive Debian's Chromium (never a downloaded browser build). Installed
+# here when possible; without it those tests skip locally and fail under CI.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "Installing Debian's chromium for the browser tests..."; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "Could not install chromium: browser tests will skip (fail with REQUIRE_SERVICES=1)."; }
 
 lint: install
 	$(BIN)/ruff check .
