@@ -67,6 +67,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_MEMBER if exists else CLOSE_NO_CONVERSATION)
             return
         try:
+            await self.channel_layer.group_add(fanout.user_group(user.pk), self.channel_name)
             # Join the group before reading the snapshot, so no delta falls between them.
             await self.channel_layer.group_add(self.group, self.channel_name)
             self.joined = True
@@ -92,6 +93,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.joined = False
         try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(
+                fanout.user_group(self.user.pk), self.channel_name
+            )
             await presence.leave(str(self.conversation_id), self.channel_name)
             await self._announce_presence()
         except Exception:
@@ -123,11 +127,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
 
     async def _dispatch(self, frame: Any) -> None:
-        if isinstance(frame, protocol.SyncFrame):
-            await self.send_snapshot()
-            return
         membership = await self._current_membership()
         if membership is None:
+            return
+        if isinstance(frame, protocol.SyncFrame):
+            await self.send_snapshot()
             return
         if not membership.can_write:
             raise Forbidden("Viewers can read but not prompt or cancel.")
@@ -191,13 +195,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await fanout.request_cancel(message.id)
 
     async def _current_membership(self) -> Membership | None:
-        # Roles change and members are removed while sockets stay open: check each action.
+        """Re-check, for every action, what connect checked: roles change, members are
+        removed, accounts are deactivated and sessions end while sockets stay open."""
+        session = self.scope.get("session")
+        if session is not None and not await session.aexists(session.session_key):
+            await self._refuse(CLOSE_NOT_SIGNED_IN, "session ended")
+            return None
         self.membership = await db(selectors.membership_get)(
             conversation_id=self.conversation_id, user=self.user
         )
         if self.membership is None:
-            await self.close(code=CLOSE_NOT_MEMBER)
+            await self._refuse(CLOSE_NOT_MEMBER, "no longer a member")
         return self.membership
+
+    async def _refuse(self, code: int, why: str) -> None:
+        """Close this socket and stop its group deliveries at once."""
+        log.info("closing socket of user %s on %s: %s", self.user.pk, self.conversation_id, why)
+        await self.disconnect(code)
+        await self.close(code=code)
 
     # ---- server frames ------------------------------------------------------------
 
@@ -251,8 +266,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def chat_member_removed(self, event: dict[str, Any]) -> None:
         """A member lost access: if it is this socket's user, close at once."""
         if event["user_id"] == self.user.pk:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-            await self.close(code=CLOSE_NOT_MEMBER)
+            await self._refuse(CLOSE_NOT_MEMBER, "removed from the conversation")
+
+    async def chat_signed_out(self, event: dict[str, Any]) -> None:
+        """The user signed out (this session, or all when deactivated): close at once."""
+        session = self.scope.get("session")
+        key = event.get("session_key")
+        if key is None or (session is not None and session.session_key == key):
+            await self._refuse(CLOSE_NOT_SIGNED_IN, "signed out or deactivated")
 
 
 def _peek_client_msg_id(text: str) -> str | None:

@@ -26,6 +26,11 @@ def conversation_group(conversation_id: uuid.UUID | str) -> str:
     return f"conv.{_hex(conversation_id)}"
 
 
+def user_group(user_id: int) -> str:
+    """The group every open socket of a user joins (sign-out and deactivation)."""
+    return f"user.{int(user_id)}"
+
+
 def generation_group(message_id: uuid.UUID | str) -> str:
     """The group a running generation listens on for cancel requests from any process."""
     return f"gen.{_hex(message_id)}"
@@ -81,3 +86,13 @@ async def request_cancel(message_id: uuid.UUID | str) -> bool:
 async def publish_member_removed(conversation_id: uuid.UUID | str, user_id: int) -> bool:
     """Tell every socket of the conversation that a user lost access (they close 4403)."""
     return await publish(conversation_id, {"type": "chat.member_removed", "user_id": user_id})
+
+
+async def publish_signed_out(user_id: int, session_key: str | None) -> None:
+    """Close the user's sockets (4401): those of one session, or all when None."""
+    try:
+        await get_channel_layer().group_send(
+            user_group(user_id), {"type": "chat.signed_out", "session_key": session_key}
+        )
+    except Exception as exc:
+        log.warning("sign-out of user %s not broadcast: %r", user_id, exc)

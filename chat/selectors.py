@@ -14,7 +14,8 @@ def membership_get(
     """The user's membership of the conversation, or None."""
     return (
         Membership.objects.select_related("conversation")
-        .filter(conversation_id=conversation_id, user_id=user.pk)
+        # A deactivated account keeps its rows but loses every right.
+        .filter(conversation_id=conversation_id, user_id=user.pk, user__is_active=True)
         .first()
     )
 

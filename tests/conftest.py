@@ -147,3 +147,23 @@ async def sessions(server: Server) -> AsyncIterator[dict[str, Session]]:
     yield opened
     for session in opened.values():
         await session.close()
+
+
+@pytest.fixture
+def users(django_user_model):
+    """alice, bob and eve, in the pytest process's database."""
+    return {
+        name: django_user_model.objects.create_user(name, password="x")
+        for name in ("alice", "bob", "eve")
+    }
+
+
+@pytest.fixture
+def conversation(users):
+    """alice's conversation with bob as a member."""
+    from chat import services
+    from chat.models import Role
+
+    conv = services.conversation_create(owner=users["alice"], title="t")
+    services.member_set(conversation=conv, actor=users["alice"], username="bob", role=Role.MEMBER)
+    return conv

@@ -11,7 +11,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from chat import replay, services, sweeper
-from chat.models import Message, Role
+from chat.models import Message
 from project.asgi import application
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
@@ -28,24 +28,12 @@ def fast_simulator(settings):
     settings.STREAM_FLUSH_MS = 20
 
 
-@pytest.fixture
-def users(django_user_model):
-    return {
-        name: django_user_model.objects.create_user(name, password="x")
-        for name in ("alice", "bob", "eve")
-    }
-
-
-@pytest.fixture
-def conversation(users):
-    conv = services.conversation_create(owner=users["alice"], title="t")
-    services.member_set(conversation=conv, actor=users["alice"], username="bob", role=Role.MEMBER)
-    return conv
-
-
-async def connect(user, conversation_id) -> WebsocketCommunicator:
-    client = AsyncClient()
-    await client.aforce_login(user)
+async def connect(
+    user, conversation_id, client: AsyncClient | None = None
+) -> WebsocketCommunicator:
+    if client is None:
+        client = AsyncClient()
+        await client.aforce_login(user)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
     comm = WebsocketCommunicator(
         application,
