@@ -53,3 +53,13 @@ lock:
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache
+
+# Benchmark (see bench/REPORT.md): real daphne, simulator and load-generator
+# processes against the local Redis and PostgreSQL. Writes bench/results/latest.json and
+# a dated copy; `bench` also redraws the plots in bench/. Not part of `make test`.
+.PHONY: bench bench-quick
+bench: install
+	$(BIN)/python -m bench.run
+
+bench-quick: install
+	$(BIN)/python -m bench.run --quick

@@ -1,21 +1,27 @@
 """The JSON API: session auth, CSRF on writes (Django's middleware), JSON bodies."""
 
+import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from chat import fanout, protocol, selectors, services
+from chat import fanout, moderation, presence, protocol, selectors, services
 from chat.exceptions import ChatError, Forbidden, NotFound
-from chat.models import Membership
+from chat.models import Membership, Role
 from chat.text import clean_user_text
 
-STATUS_FOR_CODE = {"forbidden": 403, "not_found": 404}
+log = logging.getLogger(__name__)
+
+STATUS_FOR_CODE = {"forbidden": 403, "not_found": 404, "busy": 409}
 
 
 def _error(code: str, detail: str, status: int) -> JsonResponse:
@@ -33,6 +39,9 @@ def api_view(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
             return view(request, *args, **kwargs)
         except ChatError as error:
             return _error(error.code, error.detail, STATUS_FOR_CODE.get(error.code, 400))
+        except RequestDataTooBig:
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            return _error("too_large", f"The request body is over {limit} bytes.", 413)
 
     return wrapper
 
@@ -79,7 +88,47 @@ def conversations(request: HttpRequest) -> JsonResponse:
         membership = selectors.membership_get(conversation_id=conversation.id, user=request.user)
         return JsonResponse(_conversation_payload(membership), status=201)
     items = [_conversation_payload(m) for m in selectors.conversation_list_for(user=request.user)]
+    viewers = async_to_sync(_viewers_of)([item["id"] for item in items])
+    for item, names in zip(items, viewers, strict=True):
+        item["viewers"] = names
     return JsonResponse({"conversations": items})
+
+
+async def _viewers_of(conversation_ids: list[str]) -> list[list[dict[str, str]]]:
+    """Who is viewing each conversation now; empty where presence is unreadable."""
+
+    async def one(conversation_id: str) -> list[dict[str, str]]:
+        try:
+            return await presence.viewers(conversation_id)
+        except Exception:
+            log.warning("presence of %s unreadable", conversation_id, exc_info=True)
+            return []
+
+    return list(await asyncio.gather(*(one(i) for i in conversation_ids)))
+
+
+@require_http_methods(["GET", "PATCH", "DELETE"])
+@api_view
+def conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """One conversation: read it, rename it `{"title"}` (owner), or delete it (owner;
+    its open sockets close with 4404)."""
+    membership = _membership(request, conversation_id)
+    if request.method == "DELETE":
+        services.conversation_delete(conversation=membership.conversation, actor=request.user)
+        async_to_sync(fanout.publish_conversation_deleted)(conversation_id)
+        return HttpResponse(status=204)
+    if request.method == "PATCH":
+        title = _body(request).get("title")
+        if not isinstance(title, str) or len(title) > 200:
+            raise ChatError("title must be a string of at most 200 characters.")
+        title = clean_user_text(title, field="title")
+        services.conversation_rename(
+            conversation=membership.conversation, actor=request.user, title=title
+        )
+        async_to_sync(fanout.publish_conversation_renamed)(
+            conversation_id, membership.conversation.title
+        )
+    return JsonResponse(_conversation_payload(membership))
 
 
 @require_http_methods(["GET"])
@@ -92,10 +141,20 @@ def messages(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
     return JsonResponse({"messages": items})
 
 
-@require_http_methods(["POST"])
+@require_http_methods(["GET", "POST"])
 @api_view
 def members(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
     membership = _membership(request, conversation_id)
+    if request.method == "GET":
+        # Any member may see who else is in the conversation: the owner first.
+        rows = (
+            Membership.objects.filter(conversation_id=conversation_id, user__is_active=True)
+            .select_related("user")
+            .order_by("created_at")
+        )
+        items = [{"username": m.user.username, "role": m.role} for m in rows]
+        items.sort(key=lambda item: item["role"] != Role.OWNER)
+        return JsonResponse({"members": items})
     data = _body(request)
     username, role = data.get("username"), data.get("role", "member")
     if not isinstance(username, str) or not isinstance(role, str):
@@ -111,6 +170,11 @@ def members(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
 @api_view
 def member(request: HttpRequest, conversation_id: uuid.UUID, username: str) -> HttpResponse:
     membership = _membership(request, conversation_id)
+    if username == request.user.get_username() and membership.role != Role.OWNER:
+        # Leaving: anyone but the owner may remove themself.
+        user_id = services.member_leave(membership=membership)
+        async_to_sync(fanout.publish_member_removed)(conversation_id, user_id)
+        return HttpResponse(status=204)
     if membership.conversation.owner_id != request.user.pk:
         raise Forbidden("Only the owner can manage members.")
     user_id = services.member_remove(
@@ -121,3 +185,24 @@ def member(request: HttpRequest, conversation_id: uuid.UUID, username: str) -> H
     # Their open sockets on this conversation close with 4403 at once.
     async_to_sync(fanout.publish_member_removed)(conversation_id, user_id)
     return HttpResponse(status=204)
+
+
+@require_http_methods(["POST"])
+@api_view
+def report(request: HttpRequest, conversation_id: uuid.UUID, message_id: str) -> JsonResponse:
+    """Any member reports a message for staff review: `{"reason": str}` -> 201, or 200
+    with their earlier report of the same message."""
+    _membership(request, conversation_id)
+    reason = _body(request).get("reason")
+    if not isinstance(reason, str):
+        raise moderation.BadReport("reason must be a string.")
+    case, created = moderation.report_create(
+        conversation_id=conversation_id,
+        message_id=message_id,
+        user=request.user,
+        reason=clean_user_text(reason, field="reason"),
+    )
+    if created:
+        moderation.wake()  # this process's retry loop runs the moderation call now
+    payload = {"id": case.pk, "message_id": str(case.message_id), "state": case.state}
+    return JsonResponse({"report": payload}, status=201 if created else 200)

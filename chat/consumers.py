@@ -8,6 +8,7 @@ through the conversation group and is forwarded as the text it was serialized to
 import asyncio
 import json
 import logging
+import time
 import uuid
 import weakref
 from typing import Any
@@ -16,8 +17,15 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import fanout, lifecycle, presence, protocol, selectors, services, snapshots
-from chat.exceptions import BadFrame, ChatError, Forbidden, NotFound
+from chat import fanout, lifecycle, limits, presence, protocol, selectors, services, snapshots
+from chat.exceptions import (
+    BadFrame,
+    ChatError,
+    Flood,
+    Forbidden,
+    NotFound,
+    TooManyConnections,
+)
 from chat.generation import Job, registry
 from chat.models import Membership, Message
 from chat.streaming import StreamRequest
@@ -29,6 +37,7 @@ CLOSE_NOT_MEMBER = 4403
 CLOSE_NO_CONVERSATION = 4404
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_FLOOD = 4429
 
 # This process's open sockets, so a recovered Redis can have each resend a snapshot.
 _live_consumers: "weakref.WeakSet[ChatConsumer]" = weakref.WeakSet()
@@ -59,12 +68,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_SIGNED_IN)
             return
         self.user = user
+        self.frames = limits.TokenBucket(settings.WS_FRAMES_PER_SECOND, settings.WS_FRAME_BURST)
         self.membership = await db(selectors.membership_get)(
             conversation_id=self.conversation_id, user=user
         )
         if self.membership is None:
             exists = await db(selectors.conversation_exists)(conversation_id=self.conversation_id)
             await self.close(code=CLOSE_NOT_MEMBER if exists else CLOSE_NO_CONVERSATION)
+            return
+        if await self._over_connection_limit():
             return
         try:
             await self.channel_layer.group_add(fanout.user_group(user.pk), self.channel_name)
@@ -92,6 +104,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.joined = False
         try:
+            await limits.connection_close(self.user.pk, self.channel_name)
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(
                 fanout.user_group(self.user.pk), self.channel_name
@@ -106,6 +119,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.joined:
             return
+        if not self.frames.allow(time.monotonic()):
+            # A flood: daphne queues incoming frames without bound, so stop it here.
+            log.warning("closing socket of user %s: frame flood", self.user.pk)
+            await self._send_error(Flood())
+            await self._refuse(CLOSE_FLOOD, "frame flood")
+            return
         if text_data is None:
             await self._send_error(BadFrame("Binary frames are not supported; send JSON text."))
             return
@@ -119,6 +138,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             frame = protocol.parse_client_frame(text_data)
             await self._dispatch(frame)
         except ChatError as error:
+            log.info("refused %s from user %s: %s", error.code, self.user.pk, error.detail)
             await self._send_error(error, client_msg_id=client_msg_id)
         except Exception:
             log.exception("frame handling failed")
@@ -163,26 +183,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.conversation_id,
             protocol.message_frame(protocol.message_payload(submitted.user_message)),
         )
-        await self._start(submitted.assistant_message, submitted.user_message)
+        await self._start(submitted)
 
     async def _regenerate(self, message_id: str) -> None:
-        assistant = await db(services.regenerate_submit)(
+        submitted = await db(services.regenerate_submit)(
             conversation_id=self.conversation_id,
             user=self.user,
             message_id=message_id,
             model=settings.OPENAI_MODEL,
         )
-        prompt = await Message.objects.aget(pk=assistant.reply_to_id)
-        await self._start(assistant, prompt)
+        await self._start(submitted)
 
-    async def _start(self, assistant: Message, prompt: Message) -> None:
+    async def _start(self, submitted: services.Submitted) -> None:
+        assistant = submitted.assistant_message
         await fanout.publish_frame(
             self.conversation_id, protocol.message_frame(protocol.message_payload(assistant))
         )
-        history = await db(selectors.prompt_history)(
-            prompt=prompt, limit=settings.STREAM_HISTORY_MESSAGES
+        request = StreamRequest(
+            model=settings.OPENAI_MODEL,
+            messages=submitted.history,
+            max_tokens=settings.OPENAI_MAX_TOKENS,
         )
-        request = StreamRequest(model=settings.OPENAI_MODEL, messages=history)
         registry.start(Job(self.conversation_id, assistant.id, request))
 
     async def _cancel(self, message_id: str) -> None:
@@ -208,6 +229,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._refuse(CLOSE_NOT_MEMBER, "no longer a member")
         return self.membership
 
+    async def _over_connection_limit(self) -> bool:
+        try:
+            count = await limits.connection_open(self.user.pk, self.channel_name)
+        except Exception as exc:
+            log.warning("connection count unavailable: %r", exc)
+            return False
+        if count <= settings.WS_MAX_CONNECTIONS_PER_USER:
+            return False
+        log.warning("refusing socket of user %s: %d connections", self.user.pk, count)
+        await limits.connection_close(self.user.pk, self.channel_name)
+        await self._send_error(TooManyConnections())
+        await self.close(code=CLOSE_FLOOD)
+        return True
+
+    async def refresh_liveness(self) -> None:
+        """Keep this socket counted among its user's connections."""
+        if self.joined:
+            await limits.connection_refresh(self.user.pk, self.channel_name)
+
     async def _refuse(self, code: int, why: str) -> None:
         """Close this socket and stop its group deliveries at once."""
         log.info("closing socket of user %s on %s: %s", self.user.pk, self.conversation_id, why)
@@ -231,6 +271,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     # ---- group events -------------------------------------------------------------
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs `aclose_old_connections()` before every handler: a thread hop
+        # through the one thread-sensitive executor, per event and per socket, which
+        # also queues every database call of the process behind it. Forwarding a frame
+        # touches no database (a resync snapshot goes through database_sync_to_async,
+        # which closes old connections itself), so skip it on the hot path: at 10
+        # viewers a socket it halved the server's CPU per delivery (bench/REPORT.md).
+        kind = message.get("type")
+        if kind == "chat.delta":
+            await self.chat_delta(message)
+        elif kind == "chat.frame":
+            await self.chat_frame(message)
+        else:
+            await super().dispatch(message)
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
         """A frame for every viewer, already serialized."""
@@ -267,6 +322,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """A member lost access: if it is this socket's user, close at once."""
         if event["user_id"] == self.user.pk:
             await self._refuse(CLOSE_NOT_MEMBER, "removed from the conversation")
+
+    async def chat_conversation_deleted(self, event: dict[str, Any]) -> None:
+        """The conversation was deleted: close at once (4404)."""
+        await self._refuse(CLOSE_NO_CONVERSATION, "conversation deleted")
 
     async def chat_signed_out(self, event: dict[str, Any]) -> None:
         """The user signed out (this session, or all when deactivated): close at once."""

@@ -56,6 +56,38 @@ class RateLimited(ChatError):
     default_detail = "Too many prompts; wait a moment."
 
 
+class QuotaExceeded(ChatError):
+    """The user's tokens for today are spent (or reserved by running answers)."""
+
+    code = "quota_exceeded"
+    default_detail = "Your token quota for today is used up."
+
+    def __init__(self, detail: str = "", *, retry_after: float, reset_at: str) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.reset_at = reset_at
+
+
+class TooManyGenerations(ChatError):
+    """The user already has the maximum number of answers generating."""
+
+    code = "too_many_generations"
+    default_detail = "You already have too many answers generating; wait for one to finish."
+
+
+class TooManyConnections(ChatError):
+    """The user has the maximum number of open sockets."""
+
+    code = "too_many_connections"
+    default_detail = "Too many open connections for this account; close some tabs."
+
+
+class Flood(ChatError):
+    """The socket sends frames faster than allowed."""
+
+    code = "flood"
+    default_detail = "Too many frames; the connection is closed."
+
+
 class StreamError(Exception):
     """An upstream failure, translated from the vendor's exception at the boundary."""
 

@@ -96,3 +96,27 @@ async def publish_signed_out(user_id: int, session_key: str | None) -> None:
         )
     except Exception as exc:
         log.warning("sign-out of user %s not broadcast: %r", user_id, exc)
+
+
+async def publish_conversation_deleted(conversation_id: uuid.UUID | str) -> bool:
+    """Tell every socket of a deleted conversation to close (4404)."""
+    return await publish(conversation_id, {"type": "chat.conversation_deleted"})
+
+
+async def publish_conversation_renamed(conversation_id: uuid.UUID | str, title: str) -> bool:
+    """Show a new title to every viewer: a `conversation` frame (pages ignore unknown
+    frame types, so older clients are unaffected)."""
+    frame = {"type": "conversation", "conversation": {"id": str(conversation_id), "title": title}}
+    return await publish_frame(conversation_id, frame)
+
+
+async def publish_redacted(conversation_id: uuid.UUID | str, message_id: uuid.UUID | str) -> bool:
+    """Moderation hid a message: every open page drops its text at once."""
+    frame = {"type": "redacted", "message_id": str(message_id)}
+    return await publish_frame(conversation_id, frame)
+
+
+async def publish_restored(conversation_id: uuid.UUID | str, message: dict[str, Any]) -> bool:
+    """A redaction was undone: a `restored` frame with the whole `Message` (pages ignore
+    unknown frame types, so older clients show it again at their next snapshot)."""
+    return await publish_frame(conversation_id, {"type": "restored", "message": message})

@@ -15,7 +15,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat import fanout, protocol, replay, services
+from chat import fanout, moderation, protocol, replay, services
 from chat.streaming import INTERRUPTED, StreamOutcome, StreamRequest, StreamRunner
 from chat.upstream import get_client
 
@@ -198,6 +198,8 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
         await replay.finish(str(job.message_id))
     except Exception:
         log.warning("replay log expiry failed for %s", job.message_id, exc_info=True)
+    # Its own task, after `done`: moderation never delays or fails the answer.
+    moderation.schedule(job.message_id)
 
 
 registry = Registry()

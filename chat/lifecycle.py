@@ -32,12 +32,21 @@ def ensure_started() -> None:
         task = loop.create_task(_sweep_forever(), name="stream-sweeper")
         _background.add(task)
         task.add_done_callback(_background.discard)
+    if settings.MODERATION_ENABLED and settings.MODERATION_RETRY_INTERVAL_S > 0:
+        from chat import moderation
+
+        retrier = loop.create_task(moderation.run_forever(), name="moderation-retry")
+        _background.add(retrier)
+        retrier.add_done_callback(_background.discard)
     group_expiry = getattr(get_channel_layer(), "group_expiry", None)
     if group_expiry:
         refresher = loop.create_task(_refresh_groups(group_expiry), name="group-refresh")
         _background.add(refresher)
         refresher.add_done_callback(_background.discard)
     if settings.REDIS_URL:
+        counter = loop.create_task(_refresh_connection_counts(), name="connection-refresh")
+        _background.add(counter)
+        counter.add_done_callback(_background.discard)
         watcher = loop.create_task(_watch_redis(), name="redis-watch")
         _background.add(watcher)
         watcher.add_done_callback(_background.discard)
@@ -56,6 +65,22 @@ async def _refresh_groups(group_expiry: float) -> None:
                 await consumer.refresh_group()
             except Exception as exc:
                 log.warning("group refresh failed: %r", exc)
+
+
+async def _refresh_connection_counts() -> None:
+    # Per-user connection counts live in Redis with a last-seen time per socket, so the
+    # sockets of a process that died stop counting; live ones are refreshed here.
+    from chat.consumers import live_consumers
+    from chat.limits import CONNECTION_REFRESH_S
+
+    while True:
+        await asyncio.sleep(CONNECTION_REFRESH_S)
+        for consumer in live_consumers():
+            try:
+                await consumer.refresh_liveness()
+            except Exception as exc:
+                log.warning("connection refresh failed: %r", exc)
+                break
 
 
 async def _watch_redis() -> None:

@@ -104,6 +104,9 @@ class Message(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # Hidden from viewers by moderation (rejected, or held while flagged); the text is
+    # kept for staff. Derived from the message's moderation cases by chat.moderation.
+    redacted = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["created_at"]
@@ -134,3 +137,159 @@ class Message(models.Model):
             "completion_tokens": self.completion_tokens or 0,
             "total_tokens": self.total_tokens,
         }
+
+
+class TokenUsage(models.Model):
+    """A user's token spend for one generation: reserved before the upstream call from
+    the request's size and `max_tokens`, settled from the real (or estimated) usage."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_usage"
+    )
+    message = models.OneToOneField(
+        Message, null=True, on_delete=models.SET_NULL, related_name="token_usage"
+    )
+    day = models.DateField(db_index=True)  # UTC day the generation started
+    reserved = models.PositiveIntegerField()
+    used = models.PositiveIntegerField(null=True, blank=True)
+    settled = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "day"]), models.Index(fields=["user", "settled"])]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.day}: {self.used if self.settled else self.reserved}"
+
+
+# --- Moderation and review (chat/moderation.py holds the services) ---------------------
+
+
+class ModerationCase(models.Model):
+    """One review of one message: the model's verdict, then maybe a human decision.
+
+    A completed assistant message gets one `auto` case; every member report is a
+    `report` case. The state machine lives in `chat.moderation`.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"  # waiting for (or retrying) the moderation call
+        AUTO_APPROVED = "auto_approved", "auto-approved"  # the model did not flag it
+        FLAGGED = "flagged"  # waiting for a human
+        APPROVED = "approved"
+        REJECTED = "rejected"  # the message is redacted for viewers
+
+    class Source(models.TextChoices):
+        AUTO = "auto", "completed answer"
+        REPORT = "report", "member report"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="moderation_cases")
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.AUTO)
+    reporter = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="moderation_reports",
+    )
+    reason = models.TextField(blank=True, default="")
+    state = models.CharField(
+        max_length=16, choices=State.choices, default=State.PENDING, db_index=True
+    )
+    # The moderation call's raw verdict; `flagged` is None until it answered.
+    flagged = models.BooleanField(null=True, blank=True)
+    categories = models.JSONField(default=list, blank=True)  # names of flagged categories
+    category_scores = models.JSONField(default=dict, blank=True)
+    top_score = models.FloatField(null=True, blank=True)
+    moderation_model = models.CharField(max_length=200, blank=True, default="")
+    result = models.JSONField(null=True, blank=True)
+    moderated_at = models.DateTimeField(null=True, blank=True)
+    # Retries: the number of calls started, the last failure's code, and when the case
+    # may be tried again (also a lease: a worker that took it holds it until then).
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=200, blank=True, default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="moderation_decisions",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["message"], condition=Q(source="auto"), name="one_auto_case_per_message"
+            ),
+            models.UniqueConstraint(
+                fields=["message", "reporter"],
+                condition=Q(source="report"),
+                name="one_report_per_member_and_message",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"case {self.pk} ({self.state}) of message {self.message_id}"
+
+
+class ModerationEvent(models.Model):
+    """Audit trail of a case: every staff decision and undo, with who, when and a note."""
+
+    class Action(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+        UNDO = "undo"
+
+    case = models.ForeignKey(ModerationCase, on_delete=models.CASCADE, related_name="events")
+    action = models.CharField(max_length=10, choices=Action.choices)
+    from_state = models.CharField(max_length=16, choices=ModerationCase.State.choices)
+    to_state = models.CharField(max_length=16, choices=ModerationCase.State.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    note = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.action} of case {self.case_id} by {self.actor_id}"
+
+
+class AdminAccessLog(models.Model):
+    """Who opened or exported which conversation in the admin, and when (privacy audit).
+
+    The conversation's id and title are copied so the entry outlives the conversation.
+    """
+
+    class Action(models.TextChoices):
+        VIEW = "view", "opened transcript"
+        CONTEXT = "context", "opened case context"
+        EXPORT = "export", "exported CSV"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(max_length=150)
+    conversation = models.ForeignKey(
+        Conversation, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    conversation_ref = models.CharField(max_length=36)
+    conversation_title = models.CharField(max_length=200, blank=True, default="")
+    action = models.CharField(max_length=10, choices=Action.choices)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name = "admin access log entry"
+        verbose_name_plural = "admin access log entries"
+
+    def __str__(self) -> str:
+        return f"{self.username} {self.action} {self.conversation_ref}"

@@ -107,7 +107,8 @@ def message_payload(message: Message, *, author_name: str | None = None) -> dict
         "id": str(message.id),
         "role": message.role,
         "author": author_name,
-        "content": message.content,
+        # Moderation hid it: viewers get no text (staff still see it in the admin).
+        "content": "" if message.redacted else message.content,
         "status": message.status,
         "model": message.model or None,
         "finish_reason": message.finish_reason or None,
@@ -120,6 +121,7 @@ def message_payload(message: Message, *, author_name: str | None = None) -> dict
         "ttft_ms": message.ttft_ms,
         "duration_ms": message.duration_ms,
         "reply_to": str(message.reply_to_id) if message.reply_to_id else None,
+        "redacted": message.redacted,
     }
 
 
@@ -132,6 +134,8 @@ def error_frame(error: ChatError, *, client_msg_id: str | None = None) -> dict[s
     frame: dict[str, Any] = {"type": "error", "code": error.code, "detail": error.detail}
     if error.retry_after is not None:
         frame["retry_after"] = error.retry_after
+    if getattr(error, "reset_at", None):
+        frame["reset_at"] = error.reset_at
     if client_msg_id:
         frame["client_msg_id"] = client_msg_id
     return frame

@@ -1,7 +1,7 @@
 """Writes. Keyword-only, typed, sync (async callers use `database_sync_to_async`)."""
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -10,19 +10,23 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from chat import quota, selectors
 from chat.exceptions import Busy, Forbidden, NotFound, RateLimited
 from chat.models import Conversation, Membership, Message, Role
+from chat.streaming import estimate_prompt_tokens
 
 Status = Message.Status
 
 
 @dataclass(frozen=True)
 class Submitted:
-    """A prompt's stored pair; `created` is False for a retried `client_msg_id`."""
+    """A prompt's stored pair; `created` is False for a retried `client_msg_id`.
+    `history` is the chat-completions `messages` to send upstream (when created)."""
 
     user_message: Message
     assistant_message: Message | None
     created: bool
+    history: list[dict[str, str]] = field(default_factory=list)
 
 
 def conversation_create(*, owner: AbstractBaseUser, title: str) -> Conversation:
@@ -68,6 +72,36 @@ def member_remove(*, conversation: Conversation, actor: AbstractBaseUser, userna
     return membership.user_id
 
 
+def conversation_rename(
+    *, conversation: Conversation, actor: AbstractBaseUser, title: str
+) -> Conversation:
+    """Give the conversation a new title (owner only); counts as activity."""
+    if conversation.owner_id != actor.pk:
+        raise Forbidden("Only the owner can rename the conversation.")
+    conversation.title = title.strip()[:200] or "New chat"
+    conversation.save(update_fields=["title", "updated_at"])
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation, actor: AbstractBaseUser) -> None:
+    """Delete the conversation with its messages (owner only), never mid-answer: the
+    running generation would have nothing left to store its answer in."""
+    if conversation.owner_id != actor.pk:
+        raise Forbidden("Only the owner can delete the conversation.")
+    if Message.objects.filter(conversation=conversation, status=Status.STREAMING).exists():
+        raise Busy("A reply is still being generated; stop it before deleting.")
+    conversation.delete()
+
+
+def member_leave(*, membership: Membership) -> int:
+    """A member or viewer leaves the conversation; returns their user id. The owner
+    cannot leave (they delete the conversation instead)."""
+    if membership.role == Role.OWNER:
+        raise Forbidden("The owner cannot leave; delete the conversation instead.")
+    membership.delete()
+    return membership.user_id
+
+
 def _check_prompt_rate(*, user: AbstractBaseUser) -> None:
     window_start = timezone.now() - timedelta(minutes=1)
     recent = Message.objects.filter(
@@ -82,8 +116,12 @@ def _check_prompt_rate(*, user: AbstractBaseUser) -> None:
         )
 
 
-def _placeholder(*, conversation_id: uuid.UUID, prompt: Message, model: str) -> Message:
-    return Message.objects.create(
+def _placeholder(
+    *, conversation_id: uuid.UUID, prompt: Message, model: str, user: AbstractBaseUser
+) -> tuple[Message, list[dict[str, str]]]:
+    """The streaming assistant message answering `prompt`, its upstream history, and
+    the user's token reservation for it (call inside the storing transaction)."""
+    assistant = Message.objects.create(
         conversation_id=conversation_id,
         role=Message.Sender.ASSISTANT,
         reply_to=prompt,
@@ -91,6 +129,10 @@ def _placeholder(*, conversation_id: uuid.UUID, prompt: Message, model: str) -> 
         model=model,
         heartbeat_at=timezone.now(),
     )
+    history = selectors.prompt_history(prompt=prompt, limit=settings.STREAM_HISTORY_MESSAGES)
+    need = estimate_prompt_tokens(history) + settings.OPENAI_MAX_TOKENS
+    quota.reserve(user=user, message=assistant, need=need)
+    return assistant, history
 
 
 def prompt_submit(
@@ -121,7 +163,9 @@ def prompt_submit(
                 status=Status.COMPLETE,
                 completed_at=timezone.now(),
             )
-            assistant = _placeholder(conversation_id=conversation_id, prompt=prompt, model=model)
+            assistant, history = _placeholder(
+                conversation_id=conversation_id, prompt=prompt, model=model, user=user
+            )
             Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
     except IntegrityError:
         if client_msg_id:
@@ -130,7 +174,7 @@ def prompt_submit(
                 return earlier
         raise Busy() from None
     prompt.author = user
-    return Submitted(prompt, assistant, created=True)
+    return Submitted(prompt, assistant, created=True, history=history)
 
 
 def _earlier_submission(conversation_id: uuid.UUID, client_msg_id: str) -> Submitted | None:
@@ -146,7 +190,7 @@ def _earlier_submission(conversation_id: uuid.UUID, client_msg_id: str) -> Submi
 
 def regenerate_submit(
     *, conversation_id: uuid.UUID, user: AbstractBaseUser, message_id: str, model: str
-) -> Message:
+) -> Submitted:
     """A new streaming placeholder answering again the prompt of `message_id`."""
     try:
         uuid.UUID(str(message_id))
@@ -160,12 +204,12 @@ def regenerate_submit(
     _check_prompt_rate(user=user)
     try:
         with transaction.atomic():
-            assistant = _placeholder(
-                conversation_id=conversation_id, prompt=old.reply_to, model=model
+            assistant, history = _placeholder(
+                conversation_id=conversation_id, prompt=old.reply_to, model=model, user=user
             )
     except IntegrityError:
         raise Busy() from None
-    return assistant
+    return Submitted(old.reply_to, assistant, created=True, history=history)
 
 
 def message_checkpoint(*, message_id: uuid.UUID, content: str, seq: int) -> None:
@@ -211,7 +255,9 @@ def message_finish(
         fields["prompt_tokens"], fields["completion_tokens"], fields["total_tokens"] = usage
     # The runner holds the whole text, so its write wins over a sweeper that judged it
     # dead too early (`interrupted`), but never over another final state.
-    Message.objects.filter(pk=message_id, status__in=[Status.STREAMING, Status.INTERRUPTED]).update(
-        **fields
-    )
+    with transaction.atomic():
+        Message.objects.filter(
+            pk=message_id, status__in=[Status.STREAMING, Status.INTERRUPTED]
+        ).update(**fields)
+        quota.settle(message_id=message_id, used=usage[2] if usage else 0)
     return Message.objects.select_related("author").get(pk=message_id)

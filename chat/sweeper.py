@@ -10,9 +10,10 @@ from datetime import timedelta
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
-from chat import fanout, protocol, replay
+from chat import fanout, protocol, quota, replay
 from chat.models import Message
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,14 @@ def _mark_interrupted(message_id: str, text: str | None, seq: int | None) -> Mes
         fields.update(content=text, seq=seq)
     cutoff = timezone.now() - timedelta(seconds=settings.STREAM_STALE_S)
     # Re-check staleness in the UPDATE: a runner that beat meanwhile is alive.
-    updated = Message.objects.filter(
-        pk=message_id, status=Message.Status.STREAMING, heartbeat_at__lt=cutoff
-    ).update(**fields)
-    if not updated:
-        return None
+    with transaction.atomic():
+        updated = Message.objects.filter(
+            pk=message_id, status=Message.Status.STREAMING, heartbeat_at__lt=cutoff
+        ).update(**fields)
+        if not updated:
+            return None
+        # The usage of a dead runner is unknown: its reservation is what it cost.
+        quota.settle(message_id=message_id, used=None)
     return Message.objects.select_related("author").get(pk=message_id)
 
 

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "chat.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -169,6 +170,13 @@ STREAM_HISTORY_MESSAGES = env_int("STREAM_HISTORY_MESSAGES", 40)
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 256 * 1024)
 PROMPT_MAX_CHARS = env_int("PROMPT_MAX_CHARS", 32_000)
 PROMPTS_PER_MINUTE = env_int("PROMPTS_PER_MINUTE", 20)
+WS_FRAMES_PER_SECOND = env_float("WS_FRAMES_PER_SECOND", 10.0)  # sustained, per socket
+WS_FRAME_BURST = env_int("WS_FRAME_BURST", 30)
+WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 20)
+MAX_GENERATIONS_PER_USER = env_int("MAX_GENERATIONS_PER_USER", 3)  # at once, all conversations
+DAILY_TOKEN_QUOTA = env_int("DAILY_TOKEN_QUOTA", 200_000)  # per user per UTC day; 0: none
+OPENAI_MAX_TOKENS = env_int("OPENAI_MAX_TOKENS", 2048)  # answer cap, also what is reserved
+LOGIN_ATTEMPTS_PER_15_MIN = env_int("LOGIN_ATTEMPTS_PER_15_MIN", 10)  # per username and per IP
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("API_MAX_BODY_BYTES", 64 * 1024)
 
 LOGIN_URL = "/accounts/login/"
@@ -188,9 +196,41 @@ WHITENOISE_USE_FINDERS = True
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
-# Turn on behind HTTPS (docs/deploy); off by default so plain-HTTP local runs can sign in.
-SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+# Production (DEBUG off) assumes HTTPS: cookies only over TLS. Plain-HTTP setups (the
+# compose demo, tests) turn it off explicitly with DJANGO_SECURE_COOKIES=0.
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
+    # The proxy terminates TLS and says so; only set this behind a proxy that
+    # overwrites the header (docs/deploy.md).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+X_FRAME_OPTIONS = "DENY"
+# Scripts only from our own origin: no inline script, no eval, nothing from a CDN.
+# Inline style attributes stay allowed for the admin's widgets.
+CONTENT_SECURITY_POLICY = env_str(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'",
+)
+
+# Login attempts and other cross-request counters: shared through Redis when present.
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": CHANNEL_PREFIX,
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
@@ -201,3 +241,29 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# --- Accounts (UI) ---
+# Anyone who can reach the site may create an account at /accounts/signup/ while this is
+# on; turn it off for a private deployment (accounts then come from the admin,
+# `createsuperuser` or `demo`). The sign-in page links to sign-up only when it is on.
+SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("chat.accounts.signup_context")
+# Django's standard password checks, for sign-up (and createsuperuser, password changes).
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- Moderation --- (docs/moderation.md; MODERATION_MODEL is set above)
+# Moderate every finished answer (off: no calls; member reports still reach the queue).
+MODERATION_ENABLED = env_bool("MODERATION_ENABLED", True)
+# Hide answers the model flagged from viewers until staff decide.
+MODERATION_HOLD_FLAGGED = env_bool("MODERATION_HOLD_FLAGGED", False)
+# Timeout of one moderation call, s (no SDK retries: failed calls are retried below).
+MODERATION_TIMEOUT_S = env_float("MODERATION_TIMEOUT_S", 10.0)
+# How often each server process retries pending cases, s (0 turns the loop off).
+MODERATION_RETRY_INTERVAL_S = env_float("MODERATION_RETRY_INTERVAL_S", 30.0)
+# Wait after a case's first failed call, s; doubles per failure up to an hour.
+MODERATION_RETRY_BACKOFF_S = env_float("MODERATION_RETRY_BACKOFF_S", 10.0)

@@ -31,6 +31,7 @@ SERVER_ENV = {
     "DJANGO_SETTINGS_MODULE": "project.settings",
     "DJANGO_SECRET_KEY": "live-test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
     "DJANGO_DEBUG": "0",
+    "DJANGO_SECURE_COOKIES": "0",  # the test servers speak plain HTTP
     "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
     "STREAM_FLUSH_MS": "30",
     "STREAM_CHECKPOINT_S": "0.3",
@@ -41,6 +42,12 @@ SERVER_ENV = {
     "OPENAI_MAX_RETRIES": "1",
     "OPENAI_TIMEOUT_S": "10",
     "PROMPTS_PER_MINUTE": "10000",
+    # The suite streams long answers for many users at once; limits have their own tests.
+    "OPENAI_MAX_TOKENS": "50000",
+    "DAILY_TOKEN_QUOTA": "0",
+    "MAX_GENERATIONS_PER_USER": "100",
+    "WS_FRAMES_PER_SECOND": "1000",
+    "WS_FRAME_BURST": "1000",
     "LOG_LEVEL": "INFO",
     "PYTHONUNBUFFERED": "1",
 }

@@ -29,7 +29,7 @@ def fast_simulator(settings):
 
 
 async def connect(
-    user, conversation_id, client: AsyncClient | None = None
+    user, conversation_id, client: AsyncClient | None = None, *, expect_snapshot: bool = True
 ) -> WebsocketCommunicator:
     if client is None:
         client = AsyncClient()
@@ -42,6 +42,8 @@ async def connect(
     )
     connected, _ = await comm.connect()
     assert connected
+    if not expect_snapshot:
+        return comm
     snapshot = json.loads(await comm.receive_from())
     assert snapshot["type"] == "snapshot"
     comm.snapshot = snapshot

@@ -236,6 +236,7 @@ async def test_bad_frames_get_error_frames_and_the_socket_keeps_working(sessions
         return await viewer.wait_for(lambda f: f["type"] == "error", what="error", start=start)
 
     assert (await error_for("{not json"))["code"] == "bad_json"
+    assert (await error_for(""))["code"] == "bad_json"
     assert (await error_for('{"type": "dance"}'))["code"] == "bad_frame"
     assert (await error_for('{"type": "prompt"}'))["code"] == "bad_frame"
     too_long = await error_for(

@@ -31,4 +31,10 @@ class Command(BaseCommand):
         self.stdout.write("Demo accounts (sign in at /accounts/login/):")
         for username, password in DEMO_USERS:
             self.stdout.write(f"  {username} / {password}")
-        self.stdout.write(f"Shared conversation: /c/{conversation.id}/")
+        self.stdout.write(
+            f"Shared conversation: /c/{conversation.id}/ (alice owns it, bob is a member)"
+        )
+        self.stdout.write(
+            "Sign in as alice in one window and as bob in a private window to watch an "
+            "answer stream to both."
+        )

@@ -1,71 +1,109 @@
-/* Livechat client: conversation list, one WebSocket per open conversation, live replies.
-   Plain ES2020, no libraries, no build step. Model and user text only ever goes into the
-   page through textContent, never innerHTML. */
+/* Livechat client: conversation list and management, one WebSocket per open
+   conversation, live replies rendered as sanitized Markdown.
+
+   Plain ES2020, no build step. Works under a strict Content-Security-Policy: no inline
+   scripts or handlers, no eval, no inline style attributes (element.style from JS only).
+   User text is only ever set through textContent; assistant text goes through
+   markdown.js (raw HTML escaped, output sanitized). */
 "use strict";
 
 (function () {
   // ---- Page configuration: json_script blocks, so no inline JS is needed (CSP). ----
   function readJSON(id, fallback) {
-    const el = document.getElementById(id);
-    if (!el) return fallback;
-    try { return JSON.parse(el.textContent); } catch { return fallback; }
+    const node = document.getElementById(id);
+    if (!node) return fallback;
+    try { return JSON.parse(node.textContent); } catch { return fallback; }
   }
 
   const config = {
     conversationId: readJSON("conversation-id", null) || null,
     wsPathTemplate: readJSON("ws-path-template", "/ws/chat/{id}/") || "/ws/chat/{id}/",
+    username: readJSON("current-username", "") || "",
   };
-  const API_CONVERSATIONS = "/api/conversations/";
+  const API = "/api/conversations/";
   const LOGIN_URL = "/accounts/login/";
+  const DEFAULT_TITLE = "New conversation";
   // Close codes after which reconnecting cannot help.
   const FATAL_CLOSES = {
-    4401: "Please sign in",
+    4401: "You are signed out. Sign in again",
     4403: "You are not a member of this conversation.",
-    4404: "This conversation does not exist.",
+    4404: "This conversation does not exist (it may have been deleted).",
   };
-  const ERROR_TEXT = { busy: "A reply is still being generated" };
+  const ERROR_TEXT = {
+    busy: "A reply is still being generated. Wait for it, or press Stop.",
+    forbidden: "Your role in this conversation is read-only.",
+    too_long: "That message is too long.",
+  };
   const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 10000;
-  const SYNC_RETRY_MS = 3000; // a lost snapshot must not block syncing for ever
+  const BACKOFF_MAX_MS = 15000;
+  const SYNC_RETRY_MS = 3000;        // a lost snapshot must not block syncing for ever
+  const LIVENESS_TIMEOUT_MS = 5000;  // no answer to a probe in this long: reconnect
+  const WAKE_TICK_MS = 5000;         // a tick this late means the machine slept
+  const WAKE_GAP_MS = 15000;
+  const LIST_REFRESH_MS = 20000;     // presence in the list, new shared conversations
+  const HIDDEN_PROBE_MS = 30000;     // back from the background after this long: probe
+  const QUOTA_RETRY_MS = 60000;      // quota errors without retry_after: try again after
   const NEAR_BOTTOM_PX = 80;
-  const NOTICE_MS = 6000;
+  const NOTICE_MS = 7000;
+  const SLOW_RENDER_MS = 8;          // markdown slower than this is rendered less often
 
   const $ = (id) => document.getElementById(id);
   const ui = {
     list: $("conversation-list"), newForm: $("new-conversation-form"),
     newTitle: $("new-conversation-title"), sidebarNotice: $("sidebar-notice"),
-    title: $("conversation-title"), connState: $("connection-state"),
-    connDetail: $("connection-detail"), viewers: $("viewers"),
-    scroller: $("messages"), messageList: $("message-list"), empty: $("empty-state"),
+    sidebar: $("sidebar"), sidebarToggle: $("sidebar-toggle"), backdrop: $("sidebar-backdrop"),
+    title: $("conversation-title"), actions: $("conversation-actions"),
+    membersButton: $("members-button"), renameButton: $("rename-button"),
+    deleteButton: $("delete-button"), leaveButton: $("leave-button"),
+    connState: $("connection-state"), connDetail: $("connection-detail"),
+    generating: $("generating-state"), viewers: $("viewers"),
+    scroller: $("messages"), messageList: $("message-list"),
+    empty: $("empty-state"), emptyText: $("empty-text"), emptyNew: $("empty-new-button"),
+    jump: $("jump-button"),
     composerForm: $("composer-form"), composer: $("composer"), send: $("send-button"),
     stop: $("stop-button"), reason: $("composer-reason"), notice: $("notice"),
+    membersDialog: $("members-dialog"), membersSub: $("members-dialog-sub"),
+    memberList: $("member-list"), inviteForm: $("invite-form"),
+    inviteUsername: $("invite-username"), inviteRole: $("invite-role"),
+    membersNotice: $("members-notice"), membersLeave: $("members-leave-button"),
+    renameDialog: $("rename-dialog"), renameForm: $("rename-form"),
+    renameTitle: $("rename-title"), renameNotice: $("rename-notice"),
+    confirmDialog: $("confirm-dialog"), confirmForm: $("confirm-form"),
+    confirmTitle: $("confirm-dialog-title"), confirmText: $("confirm-text"),
+    confirmButton: $("confirm-button"), confirmNotice: $("confirm-notice"),
   };
   if (!ui.messageList || !ui.composer) return; // not the chat page
+  const markdown = window.LivechatMarkdown;
 
   const state = {
     conversationId: null,
-    role: null,               // "owner" | "member" | "viewer" when known; viewers are read-only
-    loaded: false,            // a snapshot has arrived for the open conversation
+    conversation: null,      // {id, title, role, owner} of the open conversation
+    role: null,              // "owner" | "member" | "viewer" when known
+    loaded: false,           // a snapshot has arrived for the open conversation
     conversations: [],
-    order: [],                // message ids in display order
-    byId: new Map(),          // message id -> Message (the in-memory model)
+    order: [],               // message ids in display order
+    byId: new Map(),         // message id -> Message (the in-memory model)
     redacted: new Set(),
-    elements: new Map(),      // message id -> element
+    elements: new Map(),     // message id -> element
+    rendered: new Map(),     // message id -> {content, at, cost} of the last markdown render
     dirty: new Set(), structureDirty: false, frame: 0,
     forceScroll: false, scrollOnSnapshot: false, scrollOnNextMessage: false,
     socket: null, connection: "closed", attempt: 0, retryTimer: 0, fatal: null,
-    syncRequestedAt: 0,
+    syncRequestedAt: 0, probeTimer: 0, lastFrameAt: 0,
     pendingPrompts: new Map(), // client_msg_id -> text, to hand back a refused prompt
-    stopTarget: null, regenerateTarget: null, // message ids the two buttons act on
-    noticeTimer: 0, listTimer: 0, refocus: false,
+    stopTarget: null, regenerateTarget: null,
+    stopRequested: null,     // message id a Stop was sent for (until its `done`)
+    blockedUntil: 0, blockedReason: "", blockTimer: 0, // rate limit / quota
+    noticeTimer: 0, listTimer: 0, refocus: false, lastTick: Date.now(),
+    confirmAction: null,
+    viewers: [],             // usernames viewing the open conversation now
+    hiddenAt: 0,
   };
 
   // One shared button, moved onto whichever message is the last assistant reply.
-  const regenerateButton = document.createElement("button");
+  const regenerateButton = el("button", "regenerate small ghost", "↻ Regenerate");
   regenerateButton.type = "button";
-  regenerateButton.className = "regenerate";
   regenerateButton.id = "regenerate-button";
-  regenerateButton.textContent = "Regenerate";
 
   // ---- Small helpers ----
   function el(tag, className, text) {
@@ -108,29 +146,65 @@
     }
   }
 
+  function hideNotice(target) { target.hidden = true; }
+
+  function relativeTime(iso) {
+    const t = Date.parse(iso);
+    if (!t) return "";
+    const s = Math.max(0, (Date.now() - t) / 1000);
+    if (s < 60) return "just now";
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    if (s < 7 * 86400) return `${Math.floor(s / 86400)} d ago`;
+    return new Date(t).toLocaleDateString();
+  }
+
+  function formatMs(ms) {
+    if (ms === null || ms === undefined) return "";
+    return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10000 ? 1 : 0)} s`;
+  }
+
+  // ---- JSON API: errors come back as {"error": {"code", "detail"}} ----
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    if (method !== "GET") headers["X-CSRFToken"] = csrfToken();
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const res = await fetch(path, {
+      method, credentials: "same-origin", headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const data = res.status === 204 ? null : await res.json().catch(() => null);
+    if (!res.ok) {
+      const detail = data && data.error && (data.error.detail || data.error.code);
+      const err = new Error(detail || `HTTP ${res.status}`);
+      err.status = res.status;
+      err.code = data && data.error ? data.error.code : "";
+      throw err;
+    }
+    return data;
+  }
+
   // ---- Conversation list ----
   async function loadConversations() {
     try {
-      const res = await fetch(API_CONVERSATIONS, {
-        credentials: "same-origin", headers: { Accept: "application/json" },
-      });
-      if (res.status === 401 || res.status === 403) throw new Error("please sign in");
-      if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      const data = await res.json();
+      const data = await api("GET", API);
       state.conversations = (data.conversations || []).slice()
         .sort((a, b) => (Date.parse(b.updated_at) || 0) - (Date.parse(a.updated_at) || 0));
-      ui.sidebarNotice.hidden = true;
+      hideNotice(ui.sidebarNotice);
       renderConversationList();
-      if (!state.role) state.role = roleFromList(state.conversationId);
+      const mine = findConversation(state.conversationId);
+      if (mine) {
+        state.conversation = { ...mine, ...(state.conversation || {}), role: mine.role };
+        if (!state.role) state.role = mine.role;
+        updateHeader();
+      }
     } catch (err) {
+      if (err.status === 401) { location.href = `${LOGIN_URL}?next=${encodeURIComponent(location.pathname)}`; return; }
       showNotice(ui.sidebarNotice, `Could not load conversations (${err.message}).`);
     }
   }
 
-  function roleFromList(id) {
-    const c = state.conversations.find((x) => x.id === id);
-    return c ? c.role || null : null;
-  }
+  const findConversation = (id) => state.conversations.find((c) => c.id === id) || null;
 
   function renderConversationList() {
     const items = state.conversations.map((c) => {
@@ -138,8 +212,21 @@
       const a = el("a", "conversation-link");
       a.href = conversationPath(c.id);
       a.dataset.conversationId = c.id;
-      a.append(el("span", "conversation-title", c.title || "Untitled"));
-      if (c.role && c.role !== "owner") a.append(el("span", "conversation-role", c.role));
+      const top = el("span", "conversation-top");
+      top.append(el("span", "conversation-title", c.title || "Untitled"));
+      if (c.role && c.role !== "owner") top.append(el("span", `role-badge role-${c.role}`, c.role));
+      const meta = el("span", "conversation-meta");
+      // The open conversation's presence comes live from its socket; others from the API.
+      const live = c.id === state.conversationId && state.connection === "open";
+      const names = live ? state.viewers : (c.viewers || []).map((v) => v.username);
+      if (names.length) {
+        const dot = el("span", "presence-dot", `${names.length} viewing`);
+        dot.title = `Viewing now: ${names.join(", ")}`;
+        meta.append(dot);
+      }
+      const who = c.owner && c.owner !== config.username ? `${c.owner} · ` : "";
+      meta.append(el("span", "conversation-time", who + relativeTime(c.updated_at)));
+      a.append(top, meta);
       if (c.id === state.conversationId) {
         li.classList.add("active");
         a.setAttribute("aria-current", "page");
@@ -147,39 +234,30 @@
       li.append(a);
       return li;
     });
-    if (!items.length) items.push(el("li", "placeholder", "No conversations yet."));
+    if (!items.length) {
+      const empty = el("li", "placeholder", "No conversations yet. Start one above.");
+      items.push(empty);
+    }
     ui.list.replaceChildren(...items);
+    if (!state.conversationId) scheduleRender(); // the welcome text depends on the list
   }
 
   // Refetch soon (debounced) so the list order follows the newest activity.
-  function refreshListSoon() {
+  function refreshListSoon(delay = 800) {
     clearTimeout(state.listTimer);
-    state.listTimer = setTimeout(loadConversations, 1000);
+    state.listTimer = setTimeout(loadConversations, delay);
   }
 
   async function createConversation(event) {
     event.preventDefault();
     const button = ui.newForm.querySelector("button[type=submit]");
-    const title = ui.newTitle.value.trim() || "New conversation";
+    const title = ui.newTitle.value.trim() || DEFAULT_TITLE;
     button.disabled = true;
     try {
-      const res = await fetch(API_CONVERSATIONS, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: {
-          "Content-Type": "application/json", Accept: "application/json",
-          "X-CSRFToken": csrfToken(),
-        },
-        body: JSON.stringify({ title }),
-      });
-      const data = await res.json().catch(() => ({}));
-      if (!res.ok || !data.id) {
-        const err = typeof data.error === "string" ? data.error : data.error?.detail;
-        throw new Error(data.detail || err || `HTTP ${res.status}`);
-      }
+      const data = await api("POST", API, { title });
       ui.newTitle.value = "";
-      ui.sidebarNotice.hidden = true;
-      state.conversations.unshift({ role: "owner", ...data });
+      hideNotice(ui.sidebarNotice);
+      state.conversations.unshift({ role: "owner", viewers: [], ...data });
       openConversation(data.id, { push: true });
       refreshListSoon();
     } catch (err) {
@@ -194,23 +272,49 @@
     document.title = state.conversationId ? `${title} · Livechat` : "Livechat";
   }
 
+  // ---- Sidebar as a drawer on narrow screens ----
+  function setSidebar(open) {
+    document.body.classList.toggle("sidebar-open", open);
+    ui.sidebarToggle.setAttribute("aria-expanded", String(open));
+    ui.backdrop.hidden = !open;
+  }
+  const narrow = () => window.matchMedia("(max-width: 760px)").matches;
+
   // ---- Opening a conversation ----
   function openConversation(id, { push }) {
     if (push && id) history.pushState({ conversationId: id }, "", conversationPath(id));
+    if (!id && push) history.pushState({ conversationId: null }, "", "/");
+    if (narrow()) setSidebar(!id);
     if (id === state.conversationId && (state.socket || state.fatal)) return;
     disconnect();
+    for (const node of state.elements.values()) node.remove();
+    state.elements.clear();
+    state.rendered.clear();
+    const known = findConversation(id);
     Object.assign(state, {
-      conversationId: id, role: roleFromList(id), loaded: false, fatal: null, attempt: 0,
+      conversationId: id, conversation: known ? { ...known } : null,
+      role: known ? known.role : null, loaded: false, fatal: null, attempt: 0,
       order: [], byId: new Map(), redacted: new Set(), structureDirty: true,
-      scrollOnSnapshot: true, syncRequestedAt: 0,
+      scrollOnSnapshot: true, syncRequestedAt: 0, stopRequested: null,
     });
     state.dirty.clear();
-    ui.viewers.textContent = "";
-    const known = state.conversations.find((c) => c.id === id);
-    setTitle(id ? (known && known.title) || "Loading…" : "No conversation open");
+    showViewers([]);
+    setTitle(id ? (known && known.title) || "Loading…" : `Welcome, ${config.username}`);
     renderConversationList();
+    updateHeader();
     if (id) connect(); else setConnection("closed");
     scheduleRender();
+    if (id && !narrow()) state.refocus = true; // the composer gets focus once usable
+  }
+
+  function updateHeader() {
+    const open = Boolean(state.conversationId) && !state.fatal;
+    document.body.classList.toggle("no-conversation", !state.conversationId);
+    ui.actions.hidden = !open;
+    const owner = state.role === "owner";
+    ui.renameButton.hidden = !owner;
+    ui.deleteButton.hidden = !owner;
+    ui.leaveButton.hidden = !open || owner || !state.role;
   }
 
   // ---- WebSocket lifecycle ----
@@ -222,7 +326,7 @@
     let sock;
     try {
       sock = new WebSocket(scheme + location.host + path);
-    } catch (err) {
+    } catch {
       scheduleReconnect();
       return;
     }
@@ -236,6 +340,7 @@
 
   function disconnect() {
     clearTimeout(state.retryTimer);
+    clearTimeout(state.probeTimer);
     const sock = state.socket;
     state.socket = null;
     if (sock) sock.close(1000);
@@ -243,32 +348,77 @@
 
   function onClose(event) {
     state.socket = null;
-    ui.viewers.textContent = "";
-    const reason = FATAL_CLOSES[event.code];
+    clearTimeout(state.probeTimer);
+    showViewers([]);
+    let reason = FATAL_CLOSES[event.code];
+    if (reason && state.loaded && event.code === 4403) {
+      reason = "You are no longer a member of this conversation.";
+    } else if (reason && state.loaded && event.code === 4404) {
+      reason = "This conversation was deleted.";
+    }
     if (reason) {
       state.fatal = reason;
       if (!state.loaded) setTitle(event.code === 4401 ? "Signed out" : "Conversation unavailable");
       setConnection("closed", reason, event.code === 4401);
+      updateHeader();
       scheduleRender();
+      if (event.code !== 4401) refreshListSoon(0); // it is gone from our list too
     } else {
-      scheduleReconnect();
+      // 4429: too many sockets or frames for this account; come back slowly.
+      if (event.code === 4429) state.attempt = Math.max(state.attempt, 4);
+      scheduleReconnect(event.code === 4429 ? "Too many open connections" : "");
     }
   }
 
-  // Exponential backoff (0.5 s doubling, capped at 10 s) with "equal jitter": wait a random
-  // time in [base/2, base] so many tabs dropped together do not reconnect in lockstep.
-  function scheduleReconnect() {
+  // Exponential backoff (0.5 s doubling, capped at 15 s) with "equal jitter": wait a
+  // random time in [base/2, base], so many tabs dropped together do not reconnect in
+  // lockstep and a restarted server is not hit by all of them at once.
+  function scheduleReconnect(cause = "") {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
     state.attempt += 1;
     const wait = base / 2 + Math.random() * (base / 2);
-    setConnection("closed", "Reconnecting…");
+    const seconds = Math.max(1, Math.round(wait / 1000));
+    const why = cause || (navigator.onLine === false ? "You are offline" : "Connection lost");
+    setConnection("reconnecting", `${why}. Reconnecting in ${seconds} s…`);
     clearTimeout(state.retryTimer);
     state.retryTimer = setTimeout(connect, wait);
   }
 
+  // Reconnect now (network back, machine woke up): skip the rest of a backoff wait.
+  function reconnectNow() {
+    if (!state.conversationId || state.fatal) return;
+    const old = state.socket;
+    state.socket = null;
+    if (old) old.close(4000); // its late events are ignored: it is no longer current
+    state.attempt = 0;
+    connect();
+  }
+
+  // Is the socket really alive? After sleep or a network change it may look open but
+  // be dead (no close event for minutes). Ask for a snapshot (which also brings the
+  // view up to date) and reconnect if nothing arrives in time.
+  function checkAlive() {
+    if (!state.conversationId || state.fatal) return;
+    if (!state.socket || state.socket.readyState !== WebSocket.OPEN) {
+      if (!state.socket || state.socket.readyState !== WebSocket.CONNECTING) reconnectNow();
+      return;
+    }
+    const sentAt = Date.now();
+    state.socket.send(JSON.stringify({ type: "sync" }));
+    state.syncRequestedAt = sentAt;
+    clearTimeout(state.probeTimer);
+    state.probeTimer = setTimeout(() => {
+      if (state.lastFrameAt < sentAt) reconnectNow();
+    }, LIVENESS_TIMEOUT_MS);
+  }
+
+  const CONNECTION_LABEL = {
+    open: "live", connecting: "connecting…", reconnecting: "reconnecting…", closed: "offline",
+  };
+
   function setConnection(value, detail = "", loginLink = false) {
     state.connection = value;
-    ui.connState.textContent = value;
+    ui.connState.textContent = CONNECTION_LABEL[value] || value;
     ui.connState.dataset.state = value;
     ui.connDetail.replaceChildren();
     if (loginLink) {
@@ -285,7 +435,7 @@
 
   function send(frame) {
     if (!state.socket || state.socket.readyState !== WebSocket.OPEN) {
-      showNotice(ui.notice, "Not connected.");
+      showNotice(ui.notice, "Not connected: wait for the connection to come back.");
       return false;
     }
     state.socket.send(JSON.stringify(frame));
@@ -300,14 +450,20 @@
 
   // ---- Incoming frames: update the in-memory model, then schedule a render ----
   function onFrame(raw) {
+    state.lastFrameAt = Date.now();
     let frame;
     try { frame = JSON.parse(raw); } catch { return; }
     switch (frame.type) {
       case "snapshot": applySnapshot(frame); break;
       case "message": upsertMessage(frame.message); break;
       case "delta": applyDelta(frame); break;
-      case "done": upsertMessage(frame.message, true); refreshListSoon(); break;
+      case "done":
+        upsertMessage(frame.message, true);
+        if (state.stopRequested === frame.message.id) state.stopRequested = null;
+        refreshListSoon();
+        break;
       case "presence": showViewers(frame.viewers); break;
+      case "conversation": applyConversation(frame.conversation); break;
       case "redacted":
         state.redacted.add(frame.message_id);
         scheduleRender(frame.message_id);
@@ -317,23 +473,37 @@
     }
   }
 
+  function applyConversation(conv) {
+    if (!conv) return;
+    state.conversation = { ...(state.conversation || {}), ...conv };
+    if (conv.role) state.role = conv.role;
+    if (conv.title) {
+      setTitle(conv.title);
+      const known = findConversation(state.conversationId);
+      if (known) { known.title = conv.title; renderConversationList(); }
+    }
+    updateHeader();
+  }
+
   function applySnapshot(frame) {
     state.attempt = 0; // a working connection resets the backoff
     state.syncRequestedAt = 0;
+    clearTimeout(state.probeTimer);
     state.loaded = true;
-    const conv = frame.conversation || {};
-    if (conv.title) setTitle(conv.title);
-    if (conv.role) state.role = conv.role;
+    if (state.connection !== "open") setConnection("open");
+    applyConversation(frame.conversation);
     state.byId = new Map();
     state.order = [];
     for (const m of frame.messages || []) {
       state.byId.set(m.id, m);
       state.order.push(m.id);
     }
+    if (state.stopRequested && !state.byId.has(state.stopRequested)) state.stopRequested = null;
     if (Array.isArray(frame.viewers)) showViewers(frame.viewers);
     state.forceScroll = state.forceScroll || state.scrollOnSnapshot;
     state.scrollOnSnapshot = false;
     state.structureDirty = true;
+    for (const id of state.order) state.dirty.add(id);
     scheduleRender();
   }
 
@@ -348,7 +518,11 @@
       state.order.push(message.id);
       state.structureDirty = true;
       if (state.scrollOnNextMessage) state.forceScroll = true;
-      state.scrollOnNextMessage = false;
+      if (message.role === "user" && message.author === config.username) {
+        state.scrollOnNextMessage = true; // and the answer to it
+      } else {
+        state.scrollOnNextMessage = false;
+      }
     }
     scheduleRender(message.id);
   }
@@ -365,16 +539,51 @@
   }
 
   function showViewers(viewers) {
-    const names = [...new Set((viewers || []).map((v) => v.username))]; // one per user, not tab
-    ui.viewers.textContent = names.length ? `Viewing now: ${names.join(", ")}` : "";
+    const names = [...new Set((viewers || []).map((v) => v.username))]; // one per user
+    const chips = names.map((name) => {
+      const chip = el("span", "viewer-chip");
+      chip.title = `${name} is viewing now`;
+      chip.append(el("span", "avatar small", name.slice(0, 1).toUpperCase()), el("span", "viewer-name", name));
+      return chip;
+    });
+    if (chips.length) chips.unshift(el("span", "viewers-label", "Here now:"));
+    ui.viewers.replaceChildren(...chips);
+    state.viewers = names;
+    renderConversationList();
   }
 
   function showServerError(frame) {
-    const text = ERROR_TEXT[frame.code] || frame.detail || frame.code || "Something went wrong.";
+    const code = frame.code || "";
+    let text = ERROR_TEXT[code] || frame.detail || code || "Something went wrong.";
+    if (code === "rate_limited") {
+      const wait = Number(frame.retry_after) || 10;
+      block(wait * 1000, "You are sending too fast.");
+      text = frame.detail || "Too many messages in a short time.";
+    } else if (code === "quota_exceeded") {
+      const until = Date.parse(frame.reset_at || "") - Date.now();
+      const wait = until > 0 ? until : Number(frame.retry_after) * 1000 || QUOTA_RETRY_MS;
+      block(wait, "Your token quota is used up.");
+      text = frame.detail || "Your token quota is used up.";
+    }
     showNotice(ui.notice, text);
     const refused = frame.client_msg_id && state.pendingPrompts.get(frame.client_msg_id);
     if (refused && !ui.composer.value) ui.composer.value = refused; // give the prompt back
     if (frame.client_msg_id) state.pendingPrompts.delete(frame.client_msg_id);
+    updateControls();
+  }
+
+  // Rate limit and quota: keep the composer disabled, with a countdown, until then.
+  function block(ms, reason) {
+    state.blockedUntil = Date.now() + ms;
+    state.blockedReason = reason;
+    clearInterval(state.blockTimer);
+    state.blockTimer = setInterval(() => {
+      if (Date.now() >= state.blockedUntil) {
+        clearInterval(state.blockTimer);
+        state.blockedUntil = 0;
+      }
+      updateControls();
+    }, 1000);
   }
 
   // ---- Rendering: at most once per animation frame, only what changed ----
@@ -391,83 +600,157 @@
   function flush() {
     state.frame = 0;
     const stick = state.forceScroll || isNearBottom(); // measured before the DOM changes
-    if (state.structureDirty) {
-      reconcileList();
-    } else {
-      for (const id of state.dirty) {
-        const m = state.byId.get(id);
-        if (m) renderMessage(m);
-      }
+    const deferred = [];
+    if (state.structureDirty) reconcileList();
+    for (const id of state.dirty) {
+      const m = state.byId.get(id);
+      if (m && !renderMessage(m)) deferred.push(id);
     }
     state.dirty.clear();
     state.structureDirty = false;
     state.forceScroll = false;
     updateEmptyState();
     updateControls();
-    if (stick) ui.scroller.scrollTop = ui.scroller.scrollHeight;
+    if (stick) {
+      ui.scroller.scrollTop = ui.scroller.scrollHeight;
+      ui.jump.hidden = true;
+    } else if (state.loaded && state.order.length) {
+      ui.jump.hidden = false;
+    }
+    // Markdown of very long streaming replies is re-rendered less often (see renderContent).
+    if (deferred.length) for (const id of deferred) scheduleRender(id);
   }
 
   // Put message elements in model order, moving only nodes that are out of place
-  // (re-inserting everything could reset the scroll position and text selection).
+  // (re-inserting everything would reset the scroll position and text selection).
   function reconcileList() {
     for (const [id, node] of state.elements) {
-      if (!state.byId.has(id)) { node.remove(); state.elements.delete(id); }
+      if (!state.byId.has(id)) {
+        node.remove();
+        state.elements.delete(id);
+        state.rendered.delete(id);
+      }
     }
     state.order.forEach((id, i) => {
-      const node = renderMessage(state.byId.get(id));
+      const m = state.byId.get(id);
+      let node = state.elements.get(id);
+      if (!node) { node = createMessageNode(m); state.dirty.add(id); }
       if (ui.messageList.children[i] !== node) {
         ui.messageList.insertBefore(node, ui.messageList.children[i] || null);
       }
     });
   }
 
+  function createMessageNode(m) {
+    const node = el("article", "message");
+    const head = el("div", "meta");
+    const body = el("div", "content");
+    const details = el("div", "details");
+    const actions = el("div", "actions");
+    node.append(head, body, details, actions);
+    node.dataset.messageId = m.id;
+    state.elements.set(m.id, node);
+    return node;
+  }
+
+  const STATUS_LABEL = {
+    streaming: "generating…", cancelled: "cancelled", failed: "failed", interrupted: "interrupted",
+  };
+
+  // Returns false when the content render was put off to a later frame.
   function renderMessage(m) {
-    let node = state.elements.get(m.id);
-    if (!node) {
-      node = el("article", "message");
-      for (const part of ["meta", "content", "details", "actions"]) node.append(el("div", part));
-      state.elements.set(m.id, node);
-    }
+    const node = state.elements.get(m.id) || createMessageNode(m);
     const streaming = m.status === "streaming";
     const redacted = state.redacted.has(m.id) || m.redacted === true;
-    node.dataset.messageId = m.id;
     node.dataset.role = m.role;
     node.dataset.status = m.status;
     node.dataset.seq = String(m.seq || 0);
     node.classList.toggle("redacted", redacted);
+    node.classList.toggle("mine", m.role === "user" && m.author === config.username);
     node.setAttribute("aria-busy", String(streaming)); // screen readers wait for the final text
 
     const meta = node.querySelector(".meta");
-    const author = m.author || (m.role === "assistant" ? "assistant" : "(deleted user)");
-    meta.replaceChildren(el("span", "author", author));
+    const author = m.role === "assistant" ? "Assistant" : m.author || "(deleted user)";
+    const avatar = el("span", `avatar small ${m.role === "assistant" ? "bot" : ""}`,
+      m.role === "assistant" ? "AI" : author.slice(0, 1).toUpperCase());
+    avatar.setAttribute("aria-hidden", "true");
+    const parts = [avatar, el("span", "author", author)];
     if (m.created_at) {
       const clock = { hour: "2-digit", minute: "2-digit" };
       const time = el("time", "time", new Date(m.created_at).toLocaleTimeString([], clock));
       time.dateTime = m.created_at;
-      meta.append(time);
+      time.title = new Date(m.created_at).toLocaleString();
+      parts.push(time);
     }
     if (m.status && m.status !== "complete") {
-      meta.append(el("span", `badge status-${m.status}`, streaming ? "generating…" : m.status));
+      const badge = el("span", `badge status-${m.status}`, STATUS_LABEL[m.status] || m.status);
+      badge.title = `Status: ${m.status}`;
+      parts.push(badge);
     }
+    meta.replaceChildren(...parts);
 
-    const content = node.querySelector(".content");
-    const text = redacted ? "[removed by moderation]" : m.content || "";
-    if (content.textContent !== text) content.textContent = text;
+    const done = renderContent(node.querySelector(".content"), m, redacted);
 
     const details = node.querySelector(".details");
-    details.replaceChildren();
+    const lines = [];
     if (m.role === "assistant" && !streaming) {
       const line = detailsLine(m);
-      if (line) details.append(el("span", "usage", line));
-      if (m.error && m.error.detail) details.append(el("span", "error-detail", m.error.detail));
+      if (line) lines.push(el("span", "usage", line));
+      if (m.error && (m.error.detail || m.error.code)) {
+        let text = m.error.detail || m.error.code;
+        if (m.error.retry_after) text += ` (retry after ${formatMs(m.error.retry_after * 1000)})`;
+        lines.push(el("span", "error-detail", text));
+      }
     }
-    details.hidden = !details.childNodes.length;
-    return node;
+    details.replaceChildren(...lines);
+    details.hidden = !lines.length;
+    details.title = m.role === "assistant" && !streaming ? tooltip(m) : "";
+    return done;
   }
 
-  // "model · N prompt + M completion = T tokens (estimated)"
-  function detailsLine(m) {
+  function renderContent(target, m, redacted) {
+    const text = redacted ? "[removed by moderation]" : m.content || "";
+    const last = state.rendered.get(m.id);
+    if (last && last.content === text && last.redacted === redacted) return true;
+    if (m.role !== "assistant" || redacted) {
+      renderUserText(target, text); // shown exactly as typed (pre-wrap), as text
+      state.rendered.set(m.id, { content: text, redacted, at: 0, cost: 0 });
+      return true;
+    }
+    // Markdown re-renders the whole reply; for a very long one that is costly, so while
+    // it streams wait a few frames between renders (the final text always renders).
+    const now = performance.now();
+    if (m.status === "streaming" && last && last.cost > SLOW_RENDER_MS
+        && now - last.at < last.cost * 6) {
+      return false;
+    }
+    markdown.renderInto(target, text);
+    target.classList.add("markdown");
+    state.rendered.set(m.id, { content: text, redacted, at: now, cost: performance.now() - now });
+    return true;
+  }
+
+  // Simulator directives (`[[sim reply=...]]`) are long and unreadable: shown as a chip
+  // with the directive in its tooltip. Everything else is plain text.
+  const SIM_DIRECTIVE = /\[\[sim\b[^\]]*\]\]/g;
+  function renderUserText(target, text) {
     const parts = [];
+    let at = 0;
+    for (const match of text.matchAll(SIM_DIRECTIVE)) {
+      if (match.index > at) parts.push(document.createTextNode(text.slice(at, match.index)));
+      const chip = el("span", "sim-directive", "⚙ simulator directive");
+      chip.title = match[0];
+      parts.push(chip);
+      at = match.index + match[0].length;
+    }
+    if (at < text.length) parts.push(document.createTextNode(text.slice(at)));
+    target.replaceChildren(...parts);
+  }
+
+  // "complete · gpt-4o-mini · 12 prompt + 300 completion = 312 tokens · first token 310 ms
+  //  · total 2.4 s"
+  function detailsLine(m) {
+    const parts = [m.status];
     if (m.model) parts.push(m.model);
     const u = m.usage;
     if (u) {
@@ -476,56 +759,96 @@
       if (m.usage_estimated) tokens += " (estimated)";
       parts.push(tokens);
     }
+    if (m.ttft_ms !== null && m.ttft_ms !== undefined) parts.push(`first token ${formatMs(m.ttft_ms)}`);
+    if (m.duration_ms !== null && m.duration_ms !== undefined) parts.push(`total ${formatMs(m.duration_ms)}`);
     return parts.join(" · ");
+  }
+
+  function tooltip(m) {
+    const lines = [`Status: ${m.status}`];
+    if (m.model) lines.push(`Model: ${m.model}`);
+    if (m.usage) {
+      lines.push(`Tokens: ${m.usage.prompt_tokens} prompt, ${m.usage.completion_tokens} completion,`
+        + ` ${m.usage.total_tokens} total${m.usage_estimated ? " (estimated)" : ""}`);
+    }
+    if (m.ttft_ms !== null && m.ttft_ms !== undefined) lines.push(`Time to first token: ${formatMs(m.ttft_ms)}`);
+    if (m.finish_reason) lines.push(`Finish reason: ${m.finish_reason}`);
+    return lines.join("\n");
   }
 
   function updateEmptyState() {
     let text = "";
-    if (!state.conversationId) text = "Pick a conversation on the left, or start a new one.";
+    if (!state.conversationId) {
+      text = state.conversations.length
+        ? "Pick a conversation from the list, or start a new one."
+        : "Start a conversation, then invite others to watch the answers stream in with you.";
+    }
     else if (state.fatal) text = state.fatal;
     else if (!state.loaded) text = "Loading…";
-    else if (!state.order.length) text = "No messages yet. Say something!";
-    ui.empty.textContent = text;
+    else if (!state.order.length) {
+      text = state.role === "viewer" ? "No messages yet." : "No messages yet. Say hello!";
+    }
+    ui.emptyText.textContent = text;
     ui.empty.hidden = !text;
+    ui.emptyNew.hidden = Boolean(state.conversationId);
   }
 
   function streamingMessage() {
-    for (const id of state.order) {
-      const m = state.byId.get(id);
-      if (m.role === "assistant" && m.status === "streaming") return m;
+    for (let i = state.order.length - 1; i >= 0; i -= 1) {
+      const m = state.byId.get(state.order[i]);
+      if (m && m.role === "assistant" && m.status === "streaming") return m;
     }
     return null;
   }
 
-  // Composer, Stop and Regenerate follow the connection and the generation state.
+  // Composer, Stop and Regenerate follow the connection, the role and the generation.
   function updateControls() {
     const streaming = streamingMessage();
-    const open = state.connection === "open";
+    const open = state.connection === "open" && state.loaded;
     const canWrite = state.role !== "viewer";
+    const blocked = state.blockedUntil > Date.now();
     let reason = "";
     if (!state.conversationId) reason = "Open a conversation to write.";
     else if (state.fatal) reason = state.fatal;
     else if (state.connection === "connecting") reason = "Connecting…";
-    else if (!open) reason = "Disconnected. Reconnecting…";
-    else if (!canWrite) reason = "You can read this conversation but not write in it.";
-    else if (streaming) reason = "A reply is being generated…";
+    else if (state.connection !== "open") reason = "Disconnected: reconnecting…";
+    else if (!state.loaded) reason = "Loading…";
+    else if (!canWrite) reason = "You are a viewer: you can read along but not write.";
+    else if (streaming) {
+      reason = streaming.id === state.stopRequested
+        ? "Stopping…" : "A reply is being generated. Press Stop to cancel it.";
+    } else if (blocked) {
+      const seconds = Math.ceil((state.blockedUntil - Date.now()) / 1000);
+      const when = seconds <= 90 ? `in ${seconds} s`
+        : `at ${new Date(state.blockedUntil).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
+      reason = `${state.blockedReason} You can send again ${when}.`;
+    }
 
     if (reason && document.activeElement === ui.composer) state.refocus = true;
     ui.composer.disabled = Boolean(reason);
     ui.send.disabled = Boolean(reason);
     ui.reason.textContent = reason;
-    ui.reason.hidden = !reason;
+    ui.reason.hidden = !reason || !state.conversationId;
+    ui.reason.dataset.kind = blocked && !streaming ? "blocked" : streaming ? "busy" : "";
+    ui.composerForm.classList.toggle("is-disabled", Boolean(reason));
     if (!reason && state.refocus) { state.refocus = false; ui.composer.focus(); }
 
+    ui.generating.hidden = !streaming;
     ui.stop.hidden = !(streaming && open && canWrite);
+    ui.stop.disabled = Boolean(streaming && streaming.id === state.stopRequested);
     state.stopTarget = streaming ? streaming.id : null;
 
-    const lastAssistant = [...state.order].reverse().map((id) => state.byId.get(id))
-      .find((m) => m.role === "assistant");
+    let lastAssistant = null;
+    for (let i = state.order.length - 1; i >= 0 && !lastAssistant; i -= 1) {
+      const m = state.byId.get(state.order[i]);
+      if (m && m.role === "assistant") lastAssistant = m;
+    }
     const node = lastAssistant && state.elements.get(lastAssistant.id);
-    if (node && !streaming && open && canWrite) {
+    if (node && !streaming && open && canWrite && lastAssistant.reply_to !== null) {
       state.regenerateTarget = lastAssistant.id;
-      node.querySelector(".actions").append(regenerateButton);
+      regenerateButton.disabled = blocked;
+      const actions = node.querySelector(".actions");
+      if (regenerateButton.parentNode !== actions) actions.append(regenerateButton);
     } else {
       state.regenerateTarget = null;
       regenerateButton.remove();
@@ -537,29 +860,287 @@
     const text = ui.composer.value;
     if (ui.composer.disabled || !text.trim()) return;
     const clientMsgId = uuid4();
+    const first = state.loaded && !state.order.length;
     if (!send({ type: "prompt", content: text, client_msg_id: clientMsgId })) return;
     state.pendingPrompts.set(clientMsgId, text);
     const pending = state.pendingPrompts;
     if (pending.size > 20) pending.delete(pending.keys().next().value); // keep it bounded
     state.scrollOnNextMessage = true; // the sender wants to see their own message
+    state.refocus = true;             // and to type the next one when the answer is in
     ui.composer.value = "";
+    autosize();
+    if (first) autoTitle(text);
+    refreshListSoon();
+  }
+
+  // A conversation still called "New conversation" is named after its first prompt.
+  function autoTitle(text) {
+    const conv = state.conversation;
+    if (state.role !== "owner" || !conv || conv.title !== DEFAULT_TITLE) return;
+    let title = text.replace(/\[\[sim[^\]]*\]\]/g, "").replace(/\s+/g, " ").trim();
+    if (!title) return;
+    if (title.length > 60) title = `${title.slice(0, 57).trimEnd()}…`;
+    const id = state.conversationId;
+    api("PATCH", `${API}${id}/`, { title }).then(() => {
+      if (id === state.conversationId) applyConversation({ title });
+      refreshListSoon();
+    }).catch(() => {});
+  }
+
+  // The textarea grows with its content (up to the CSS max-height).
+  function autosize() {
+    ui.composer.style.height = "auto";
+    ui.composer.style.height = `${Math.min(ui.composer.scrollHeight + 2, window.innerHeight * 0.4)}px`;
   }
 
   ui.composerForm.addEventListener("submit", (ev) => { ev.preventDefault(); sendPrompt(); });
   ui.composer.addEventListener("keydown", (ev) => {
     // Enter sends; Shift+Enter (and Enter while an IME is composing) inserts a newline.
-    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
       ev.preventDefault();
       sendPrompt();
     }
   });
+  ui.composer.addEventListener("input", autosize);
   ui.stop.addEventListener("click", () => {
-    if (state.stopTarget) send({ type: "cancel", message_id: state.stopTarget });
+    if (state.stopTarget && send({ type: "cancel", message_id: state.stopTarget })) {
+      state.stopRequested = state.stopTarget;
+      updateControls();
+    }
   });
   regenerateButton.addEventListener("click", () => {
-    if (state.regenerateTarget) send({ type: "regenerate", message_id: state.regenerateTarget });
+    if (state.regenerateTarget) {
+      state.scrollOnNextMessage = true;
+      send({ type: "regenerate", message_id: state.regenerateTarget });
+    }
   });
+  ui.jump.addEventListener("click", () => {
+    ui.scroller.scrollTop = ui.scroller.scrollHeight;
+    ui.jump.hidden = true;
+  });
+  ui.scroller.addEventListener("scroll", () => { if (isNearBottom()) ui.jump.hidden = true; }, { passive: true });
+
+  // Copy buttons of code blocks (delegated: the blocks are re-rendered while streaming).
+  ui.messageList.addEventListener("click", async (ev) => {
+    const button = ev.target.closest("button.copy-code");
+    if (!button) return;
+    const code = button.closest(".code-block")?.querySelector("pre code, pre");
+    if (!code) return;
+    const ok = await copyText(code.textContent);
+    button.textContent = ok ? "Copied" : "Copy failed";
+    button.classList.toggle("copied", ok);
+    setTimeout(() => { button.textContent = "Copy"; button.classList.remove("copied"); }, 1500);
+  });
+
+  async function copyText(text) {
+    try {
+      if (navigator.clipboard && window.isSecureContext) {
+        await navigator.clipboard.writeText(text);
+        return true;
+      }
+    } catch { /* fall back below */ }
+    // Plain-HTTP hosts have no async clipboard: copy through a hidden textarea.
+    const area = el("textarea", "clipboard-helper");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    document.body.append(area);
+    area.select();
+    let ok = false;
+    try { ok = document.execCommand("copy"); } catch { ok = false; }
+    area.remove();
+    return ok;
+  }
+
+  // ---- Conversation management: rename, delete, members, leave ----
+  function openDialog(dialog) {
+    for (const n of dialog.querySelectorAll(".notice")) n.hidden = true;
+    if (typeof dialog.showModal === "function") dialog.showModal();
+    else dialog.setAttribute("open", "");
+  }
+  function closeDialog(dialog) {
+    if (typeof dialog.close === "function") dialog.close();
+    else dialog.removeAttribute("open");
+  }
+  for (const dialog of [ui.membersDialog, ui.renameDialog, ui.confirmDialog]) {
+    dialog.addEventListener("click", (ev) => {
+      if (ev.target.closest("[data-close]")) closeDialog(dialog);
+      else if (ev.target === dialog) closeDialog(dialog); // a click on the backdrop
+    });
+  }
+
+  ui.renameButton.addEventListener("click", () => {
+    ui.renameTitle.value = state.conversation?.title || "";
+    openDialog(ui.renameDialog);
+    ui.renameTitle.select();
+  });
+  ui.renameForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const title = ui.renameTitle.value.trim();
+    if (!title) return;
+    try {
+      const data = await api("PATCH", `${API}${state.conversationId}/`, { title });
+      applyConversation({ title: data.title });
+      closeDialog(ui.renameDialog);
+      refreshListSoon(0);
+    } catch (err) {
+      showNotice(ui.renameNotice, err.message);
+    }
+  });
+
+  function confirmAction({ title, text, button, action }) {
+    ui.confirmTitle.textContent = title;
+    ui.confirmText.textContent = text;
+    ui.confirmButton.textContent = button;
+    state.confirmAction = action;
+    openDialog(ui.confirmDialog);
+    ui.confirmButton.focus();
+  }
+  ui.confirmForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const action = state.confirmAction;
+    if (!action) return;
+    ui.confirmButton.disabled = true;
+    try {
+      await action();
+      closeDialog(ui.confirmDialog);
+    } catch (err) {
+      showNotice(ui.confirmNotice, err.message);
+    } finally {
+      ui.confirmButton.disabled = false;
+    }
+  });
+
+  // After deleting or leaving: forget the conversation and show the list.
+  function dropConversation(id) {
+    state.conversations = state.conversations.filter((c) => c.id !== id);
+    if (state.conversationId === id) openConversation(null, { push: true });
+    renderConversationList();
+    refreshListSoon(0);
+  }
+
+  ui.deleteButton.addEventListener("click", () => {
+    const id = state.conversationId;
+    confirmAction({
+      title: "Delete this conversation?",
+      text: `“${state.conversation?.title || "This conversation"}” and all its messages will be`
+        + " deleted for every member. This cannot be undone.",
+      button: "Delete",
+      action: async () => {
+        await api("DELETE", `${API}${id}/`);
+        dropConversation(id);
+      },
+    });
+  });
+
+  function leave() {
+    const id = state.conversationId;
+    confirmAction({
+      title: "Leave this conversation?",
+      text: "You will no longer see it. The owner can invite you again.",
+      button: "Leave",
+      action: async () => {
+        await api("DELETE", `${API}${id}/members/${encodeURIComponent(config.username)}/`);
+        closeDialog(ui.membersDialog);
+        dropConversation(id);
+      },
+    });
+  }
+  ui.leaveButton.addEventListener("click", leave);
+  ui.membersLeave.addEventListener("click", leave);
+
+  ui.membersButton.addEventListener("click", async () => {
+    const owner = state.role === "owner";
+    ui.inviteForm.hidden = !owner;
+    ui.membersLeave.hidden = owner || !state.role;
+    ui.membersSub.textContent = owner
+      ? "Members can write and stop replies; viewers can only read."
+      : "Only the owner can invite or remove people.";
+    ui.memberList.replaceChildren(el("li", "placeholder", "Loading…"));
+    openDialog(ui.membersDialog);
+    if (owner) ui.inviteUsername.focus();
+    await loadMembers();
+  });
+
+  async function loadMembers() {
+    const id = state.conversationId;
+    try {
+      const data = await api("GET", `${API}${id}/members/`);
+      if (id === state.conversationId) renderMembers(data.members || []);
+    } catch (err) {
+      showNotice(ui.membersNotice, `Could not load members: ${err.message}`);
+    }
+  }
+
+  function renderMembers(members) {
+    const owner = state.role === "owner";
+    const here = new Set(state.viewers);
+    const rows = members.map((m) => {
+      const li = el("li", "member");
+      li.dataset.username = m.username;
+      const who = el("span", "member-who");
+      who.append(el("span", "avatar small", m.username.slice(0, 1).toUpperCase()));
+      const name = el("span", "member-name", m.username);
+      if (m.username === config.username) name.append(el("span", "you", " (you)"));
+      who.append(name);
+      if (here.has(m.username)) who.append(el("span", "presence-dot", "here now"));
+      li.append(who);
+      if (owner && m.role !== "owner") {
+        const role = el("select", "member-role");
+        role.setAttribute("aria-label", `Role of ${m.username}`);
+        for (const r of ["member", "viewer"]) {
+          const opt = el("option", "", r);
+          opt.value = r;
+          opt.selected = m.role === r;
+          role.append(opt);
+        }
+        role.addEventListener("change", () => setMember(m.username, role.value));
+        const remove = el("button", "ghost small danger", "Remove");
+        remove.type = "button";
+        remove.addEventListener("click", () => removeMember(m.username));
+        li.append(role, remove);
+      } else {
+        li.append(el("span", `role-badge role-${m.role}`, m.role));
+      }
+      return li;
+    });
+    ui.memberList.replaceChildren(...rows);
+  }
+
+  async function setMember(username, role) {
+    hideNotice(ui.membersNotice);
+    try {
+      await api("POST", `${API}${state.conversationId}/members/`, { username, role });
+      await loadMembers();
+      return true;
+    } catch (err) {
+      showNotice(ui.membersNotice, err.status === 404 ? `There is no user “${username}”.` : err.message);
+      return false;
+    }
+  }
+
+  async function removeMember(username) {
+    hideNotice(ui.membersNotice);
+    try {
+      await api("DELETE", `${API}${state.conversationId}/members/${encodeURIComponent(username)}/`);
+      await loadMembers();
+    } catch (err) {
+      showNotice(ui.membersNotice, err.message);
+    }
+  }
+
+  ui.inviteForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const username = ui.inviteUsername.value.trim();
+    if (!username) return;
+    if (await setMember(username, ui.inviteRole.value)) {
+      ui.inviteUsername.value = "";
+      ui.inviteUsername.focus();
+    }
+  });
+
+  // ---- Navigation ----
   ui.newForm.addEventListener("submit", createConversation);
+  ui.emptyNew.addEventListener("click", () => ui.newForm.requestSubmit());
   ui.list.addEventListener("click", (ev) => {
     const link = ev.target.closest("a[data-conversation-id]");
     // Let the browser handle new-tab / new-window clicks.
@@ -568,17 +1149,43 @@
     const id = link.dataset.conversationId;
     openConversation(id, { push: id !== state.conversationId });
   });
+  ui.sidebarToggle.addEventListener("click", () => {
+    setSidebar(!document.body.classList.contains("sidebar-open"));
+  });
+  ui.backdrop.addEventListener("click", () => setSidebar(false));
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && document.body.classList.contains("sidebar-open") && narrow()) {
+      setSidebar(false);
+    }
+  });
   window.addEventListener("popstate", () => {
     openConversation(idFromPath(location.pathname), { push: false });
   });
-  // Skip the rest of a backoff wait once the network is back.
-  window.addEventListener("online", () => {
-    if (!state.socket && !state.fatal && state.conversationId) connect();
+
+  // ---- Connection care: network changes, sleep, background tabs ----
+  window.addEventListener("online", checkAlive);
+  // Offline: drop the socket now rather than wait minutes for TCP to notice; attempts
+  // fail until the network is back, and "online" then reconnects at once.
+  window.addEventListener("offline", () => {
+    if (state.socket) reconnectNow();
   });
-  // Conversations shared with us meanwhile show up when the tab comes back.
+  window.addEventListener("pageshow", (ev) => { if (ev.persisted) checkAlive(); });
+  document.addEventListener("resume", checkAlive); // Page Lifecycle: a frozen tab resumes
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden) loadConversations();
+    if (document.hidden) { state.hiddenAt = Date.now(); return; }
+    loadConversations(); // conversations shared with us meanwhile
+    // A tab in the background for a while may have a dead socket (throttled, frozen).
+    if (Date.now() - state.hiddenAt > HIDDEN_PROBE_MS) checkAlive();
   });
+  // Timers stop while a laptop sleeps: a tick arriving much later than scheduled means
+  // it just woke up, and its socket is probably dead without knowing it.
+  setInterval(() => {
+    const now = Date.now();
+    const slept = now - state.lastTick > WAKE_GAP_MS;
+    state.lastTick = now;
+    if (slept) { checkAlive(); loadConversations(); }
+  }, WAKE_TICK_MS);
+  setInterval(() => { if (!document.hidden) loadConversations(); }, LIST_REFRESH_MS);
 
   // ---- Start ----
   const initial = config.conversationId || idFromPath(location.pathname);

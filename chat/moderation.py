@@ -1,0 +1,588 @@
+"""Moderation of stored messages: cases, the moderation call, retries, staff decisions and
+redaction (docs/moderation.md).
+
+Every assistant message that reaches a final state with text gets an `auto` case, and
+every member report a `report` case. The model's verdict moves a case from `pending` to
+`auto_approved` or `flagged` (a report always goes to `flagged`: a person asked for a
+review); staff then approve or reject. A rejected message is redacted: viewers get a
+`redacted` frame at once and see it without content in every later snapshot and API
+response, while the stored text stays for staff. Undo puts a case back where the
+verdict left it.
+
+Async rules: `schedule()` starts the call as its own task *after* `done` is published
+(never awaited by the generation); all database work goes through
+`database_sync_to_async`; a failed or timed-out call leaves the case `pending` with a
+backoff, and `retry_pending()` (periodic task, `manage.py moderate_pending`) tries again.
+"""
+
+import asyncio
+import contextlib
+import logging
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, Group, Permission
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from chat import fanout, protocol, selectors
+from chat.exceptions import ChatError, NotFound
+from chat.models import Message, ModerationCase, ModerationEvent
+from chat.upstream import translate_error
+
+log = logging.getLogger(__name__)
+
+State = ModerationCase.State
+Source = ModerationCase.Source
+Action = ModerationEvent.Action
+
+MODERATOR_GROUP = "moderator"
+# What the `moderator` group may do (migration 0004 holds a frozen copy).
+MODERATOR_PERMISSIONS = (
+    "view_conversation",
+    "view_membership",
+    "view_message",
+    "view_moderationcase",
+    "change_moderationcase",
+    "view_moderationevent",
+)
+# OpenAI's moderation categories (omni-moderation), for filters and display.
+CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
+FINAL_STATUSES = (
+    Message.Status.COMPLETE,
+    Message.Status.CANCELLED,
+    Message.Status.FAILED,
+    Message.Status.INTERRUPTED,
+)
+DECIDABLE = frozenset({State.PENDING, State.FLAGGED, State.AUTO_APPROVED})
+DECIDED = frozenset({State.APPROVED, State.REJECTED})
+DECISION_TARGET = {Action.APPROVE: State.APPROVED, Action.REJECT: State.REJECTED}
+
+BACKOFF_MAX_S = 3600.0
+# A worker holds a case it took for the call's timeout plus this, then anyone may retry.
+LEASE_EXTRA_S = 30.0
+# Final answers this recent without a case get one (a process died before creating it,
+# or the sweeper stored the answer): older history is left alone.
+BACKFILL_WINDOW = timedelta(days=1)
+BATCH = 100
+# Consecutive failed calls that end a retry pass: the endpoint is most likely still down.
+FAILURES_BEFORE_PAUSE = 3
+REASON_MAX_CHARS = 1000
+
+# Outcomes of one `run_case`.
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+class InvalidTransition(Exception):
+    """A staff action that the case's current state does not allow."""
+
+
+class BadReport(ChatError):
+    """A report that cannot be filed: no reason, too long, or a message still streaming."""
+
+    code = "bad_request"
+    default_detail = "That message is still being written; report it once it is done."
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The moderation call's answer for one text."""
+
+    flagged: bool
+    categories: list[str]
+    scores: dict[str, float]
+    model: str
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VisibilityChange:
+    """A message became hidden (or visible again); viewers must be told."""
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    hidden: bool
+    payload: dict[str, Any] | None = None  # the message as viewers now see it
+
+
+@dataclass(frozen=True)
+class Decision:
+    case: ModerationCase
+    change: VisibilityChange | None
+
+
+@dataclass
+class RetryReport:
+    """What one retry pass did."""
+
+    backfilled: int = 0
+    moderated: int = 0
+    flagged: int = 0
+    failed: int = 0
+    paused: bool = False
+    still_pending: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+
+
+# ---- sync services (keyword-only; async callers wrap them) -------------------------
+
+
+def case_open(*, message_id: uuid.UUID | str) -> ModerationCase | None:
+    """The `auto` case of a final assistant message with text, created if missing."""
+    message = (
+        Message.objects.filter(
+            pk=message_id, role=Message.Sender.ASSISTANT, status__in=FINAL_STATUSES
+        )
+        .exclude(content="")
+        .only("pk")
+        .first()
+    )
+    if message is None:
+        return None
+    try:
+        with transaction.atomic():
+            case, _ = ModerationCase.objects.get_or_create(message=message, source=Source.AUTO)
+    except IntegrityError:  # created by another worker meanwhile
+        case = ModerationCase.objects.get(message=message, source=Source.AUTO)
+    return case
+
+
+def report_create(
+    *, conversation_id: uuid.UUID, message_id: str, user: AbstractBaseUser, reason: str
+) -> tuple[ModerationCase, bool]:
+    """A member's report of a message; the same member reporting again gets their first
+    case back (`created` False). Membership is the caller's check."""
+    message = selectors.message_get(conversation_id=conversation_id, message_id=message_id)
+    if message is None:
+        raise NotFound()
+    if message.status == Message.Status.STREAMING:
+        raise BadReport()
+    reason = reason.strip()
+    if not reason:
+        raise BadReport("Say why you report this message (reason).")
+    if len(reason) > REASON_MAX_CHARS:
+        raise BadReport(f"The reason is over {REASON_MAX_CHARS} characters.")
+    existing = ModerationCase.objects.filter(
+        message=message, source=Source.REPORT, reporter_id=user.pk
+    ).first()
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            case = ModerationCase.objects.create(
+                message=message,
+                source=Source.REPORT,
+                reporter=user,
+                reason=reason,
+                # Without moderation calls a report goes straight to the people.
+                state=State.PENDING if settings.MODERATION_ENABLED else State.FLAGGED,
+            )
+    except IntegrityError:  # a double click racing itself
+        case = ModerationCase.objects.get(
+            message=message, source=Source.REPORT, reporter_id=user.pk
+        )
+        return case, False
+    return case, True
+
+
+def _claim(*, case_id: int, force: bool = False) -> str | None:
+    """Take a pending case for one call (a lease until the call's timeout has passed);
+    returns the text to moderate, or None when the case is not ours to try now."""
+    now = timezone.now()
+    cases = ModerationCase.objects.filter(pk=case_id, state=State.PENDING)
+    if not force:
+        cases = cases.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+    lease = now + timedelta(seconds=settings.MODERATION_TIMEOUT_S + LEASE_EXTRA_S)
+    if not cases.update(attempts=F("attempts") + 1, next_attempt_at=lease):
+        return None
+    return (
+        ModerationCase.objects.filter(pk=case_id).values_list("message__content", flat=True).first()
+    )
+
+
+def backoff_s(attempts: int) -> float:
+    """Wait before the next try after `attempts` failed calls: doubling, capped."""
+    base = settings.MODERATION_RETRY_BACKOFF_S
+    return min(BACKOFF_MAX_S, base * 2 ** max(attempts - 1, 0))
+
+
+def _record_failure(*, case_id: int, error: str) -> int:
+    """Leave the case pending, due again after the backoff; returns its attempts."""
+    case = ModerationCase.objects.filter(pk=case_id).only("attempts").first()
+    if case is None:
+        return 0
+    retry_at = timezone.now() + timedelta(seconds=backoff_s(case.attempts))
+    ModerationCase.objects.filter(pk=case_id, state=State.PENDING).update(
+        last_error=error[:200], next_attempt_at=retry_at
+    )
+    return case.attempts
+
+
+def _verdict_state(case: ModerationCase) -> str:
+    """Where the model's verdict puts a case (before, or after undoing, a decision)."""
+    if case.flagged is None:
+        return State.PENDING
+    if case.flagged or case.source == Source.REPORT:
+        return State.FLAGGED
+    return State.AUTO_APPROVED
+
+
+def _record_result(*, case_id: int, verdict: Verdict) -> tuple[str, VisibilityChange | None]:
+    """Store the verdict; a still-pending case moves on. Returns (state, change)."""
+    with transaction.atomic():
+        case = ModerationCase.objects.select_for_update().get(pk=case_id)
+        case.flagged = verdict.flagged
+        case.categories = verdict.categories
+        case.category_scores = verdict.scores
+        case.top_score = max(verdict.scores.values(), default=None)
+        case.moderation_model = verdict.model[:200]
+        case.result = verdict.raw
+        case.moderated_at = timezone.now()
+        case.last_error = ""
+        case.next_attempt_at = None
+        # Staff may have decided while the call ran: their decision stands.
+        if case.state == State.PENDING:
+            case.state = _verdict_state(case)
+        case.save()
+        return case.state, _refresh_visibility(message_id=case.message_id)
+
+
+def _refresh_visibility(*, message_id: uuid.UUID) -> VisibilityChange | None:
+    """Derive `Message.redacted` from the message's cases; the change, if any."""
+    hide = Q(state=State.REJECTED)
+    if settings.MODERATION_HOLD_FLAGGED:
+        # Held: flagged by the model and no human decision yet. A report alone never
+        # hides a message, or any member could hide any answer.
+        hide |= Q(state=State.FLAGGED, flagged=True)
+    hidden = ModerationCase.objects.filter(message_id=message_id).filter(hide).exists()
+    if not Message.objects.filter(pk=message_id, redacted=not hidden).update(redacted=hidden):
+        return None
+    message = Message.objects.select_related("author").get(pk=message_id)
+    return VisibilityChange(
+        conversation_id=message.conversation_id,
+        message_id=message.pk,
+        hidden=hidden,
+        payload=None if hidden else protocol.message_payload(message),
+    )
+
+
+def case_decide(*, case_id: int, actor: AbstractBaseUser, action: str, note: str = "") -> Decision:
+    """Approve or reject a case (staff); raises InvalidTransition if already decided."""
+    target = DECISION_TARGET.get(action)
+    if target is None:
+        raise InvalidTransition(f"Unknown decision {action!r}.")
+    with transaction.atomic():
+        case = ModerationCase.objects.select_for_update().get(pk=case_id)
+        if case.state not in DECIDABLE:
+            raise InvalidTransition(f"Case {case.pk} is already {case.get_state_display()}.")
+        ModerationEvent.objects.create(
+            case=case, action=action, from_state=case.state, to_state=target, actor=actor, note=note
+        )
+        case.state = target
+        case.decided_by = actor
+        case.decided_at = timezone.now()
+        case.note = note
+        case.save()
+        return Decision(case, _refresh_visibility(message_id=case.message_id))
+
+
+def case_undo(*, case_id: int, actor: AbstractBaseUser, note: str = "") -> Decision:
+    """Take back a staff decision: the case returns to where the model's verdict left it
+    (a redacted message is shown again unless another case still hides it)."""
+    with transaction.atomic():
+        case = ModerationCase.objects.select_for_update().get(pk=case_id)
+        if case.state not in DECIDED:
+            raise InvalidTransition(f"Case {case.pk} has no decision to undo.")
+        target = _verdict_state(case)
+        ModerationEvent.objects.create(
+            case=case,
+            action=Action.UNDO,
+            from_state=case.state,
+            to_state=target,
+            actor=actor,
+            note=note,
+        )
+        case.state = target
+        case.decided_by = None
+        case.decided_at = None
+        case.note = ""
+        if target == State.PENDING:
+            case.next_attempt_at = None  # due now
+        case.save()
+        return Decision(case, _refresh_visibility(message_id=case.message_id))
+
+
+def cases_decide(
+    *, case_ids: list[int], actor: AbstractBaseUser, action: str, note: str = ""
+) -> tuple[list[Decision], int]:
+    """Decide many cases (admin bulk action); returns the decisions and how many were
+    skipped because they were already decided."""
+    decisions, skipped = [], 0
+    for case_id in case_ids:
+        try:
+            decisions.append(case_decide(case_id=case_id, actor=actor, action=action, note=note))
+        except InvalidTransition:
+            skipped += 1
+    return decisions, skipped
+
+
+def _backfill(*, since: datetime) -> int:
+    """Open cases for recent final answers that have none; returns how many."""
+    ids = list(
+        Message.objects.filter(
+            role=Message.Sender.ASSISTANT, status__in=FINAL_STATUSES, completed_at__gte=since
+        )
+        .exclude(content="")
+        .exclude(moderation_cases__source=Source.AUTO)
+        .values_list("pk", flat=True)[:BATCH]
+    )
+    return sum(1 for message_id in ids if case_open(message_id=message_id) is not None)
+
+
+def _due_case_ids(*, force: bool, limit: int) -> list[int]:
+    cases = ModerationCase.objects.filter(state=State.PENDING)
+    if not force:
+        cases = cases.filter(
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now())
+        )
+    return list(cases.order_by("created_at").values_list("pk", flat=True)[:limit])
+
+
+def _pending_count() -> int:
+    return ModerationCase.objects.filter(state=State.PENDING).count()
+
+
+def moderator_group_ensure() -> Group:
+    """The `moderator` group with its review permissions (migration 0004 creates it;
+    this repairs or recreates it, e.g. in a shell or after a database flush)."""
+    group, _ = Group.objects.get_or_create(name=MODERATOR_GROUP)
+    group.permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="chat", codename__in=MODERATOR_PERMISSIONS
+        )
+    )
+    return group
+
+
+def message_moderation_state(states: list[str]) -> str:
+    """One label for a message from all its cases' states (the most severe wins)."""
+    for state in (State.REJECTED, State.FLAGGED, State.PENDING, State.APPROVED):
+        if state in states:
+            return state
+    return State.AUTO_APPROVED if State.AUTO_APPROVED in states else ""
+
+
+# ---- the moderation call -----------------------------------------------------------
+
+
+def _verdict(response: Any) -> Verdict:
+    result = response.results[0]
+    raw = result.to_dict()
+    flags = raw.get("categories") or {}
+    scores = {
+        name: float(score)
+        for name, score in (raw.get("category_scores") or {}).items()
+        if isinstance(score, int | float)
+    }
+    return Verdict(
+        flagged=bool(raw.get("flagged")),
+        categories=sorted(name for name, on in flags.items() if on),
+        scores=scores,
+        model=getattr(response, "model", "") or settings.MODERATION_MODEL,
+        raw=raw,
+    )
+
+
+async def moderate_text(text: str) -> Verdict:
+    """One moderation call through the shared client; raises on failure or timeout.
+
+    No SDK retries: a failure leaves the case pending and our own backoff retries it.
+    """
+    from chat.upstream import get_client
+
+    timeout = settings.MODERATION_TIMEOUT_S
+    client = get_client().with_options(max_retries=0, timeout=timeout)
+    # The in-process simulator honours no HTTP timeout: bound the whole call here too.
+    response = await asyncio.wait_for(
+        client.moderations.create(model=settings.MODERATION_MODEL, input=text), timeout
+    )
+    if not getattr(response, "results", None):
+        raise ValueError("moderation response without results")
+    return _verdict(response)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout: the moderation call took too long"
+    if isinstance(exc, ValueError | IndexError | KeyError | AttributeError):
+        return "bad_response: the moderation answer could not be read"
+    error = translate_error(exc)
+    return f"{error.code}: {error.detail}"
+
+
+db = database_sync_to_async
+
+
+async def run_case(case_id: int, *, force: bool = False) -> str:
+    """Call moderation for one pending case and store the verdict; the resulting state,
+    FAILED (left pending, backoff set) or SKIPPED (not pending or not due)."""
+    text = await db(_claim)(case_id=case_id, force=force)
+    if text is None:
+        return SKIPPED
+    try:
+        verdict = await moderate_text(text)
+    except Exception as exc:
+        error = _describe(exc)
+        attempts = await db(_record_failure)(case_id=case_id, error=error)
+        log.warning("moderation of case %s failed (attempt %d): %s", case_id, attempts, error)
+        return FAILED
+    state, change = await db(_record_result)(case_id=case_id, verdict=verdict)
+    if state == State.FLAGGED:
+        log.info("moderation case %s flagged: %s", case_id, ", ".join(verdict.categories))
+    if change is not None:
+        await announce(change)
+    return state
+
+
+async def moderate_message(message_id: uuid.UUID | str) -> str:
+    """Open the message's case and run it (the task `schedule` starts)."""
+    case = await db(case_open)(message_id=message_id)
+    if case is None:
+        return SKIPPED
+    return await run_case(case.pk)
+
+
+async def announce(change: VisibilityChange) -> None:
+    """Tell the conversation's viewers that a message was hidden or shown again."""
+    if change.hidden:
+        await fanout.publish_redacted(change.conversation_id, change.message_id)
+    elif change.payload is not None:
+        await fanout.publish_restored(change.conversation_id, change.payload)
+
+
+def announce_sync(change: VisibilityChange | None) -> None:
+    """`announce` from sync code (admin views, management commands)."""
+    if change is not None:
+        async_to_sync(announce)(change)
+
+
+# ---- tasks --------------------------------------------------------------------------
+
+# Strong references: asyncio keeps only weak ones, and a task could vanish mid-call.
+_tasks: set[asyncio.Task[Any]] = set()
+_wakers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def schedule(message_id: uuid.UUID | str) -> asyncio.Task[Any] | None:
+    """Moderate a just-finished message in the background; never raises, never waits."""
+    if not settings.MODERATION_ENABLED:
+        return None
+    try:
+        task = asyncio.get_running_loop().create_task(
+            _guarded(moderate_message(message_id)), name=f"moderation-{message_id}"
+        )
+    except Exception:
+        log.warning("could not schedule moderation of %s", message_id, exc_info=True)
+        return None
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task
+
+
+async def _guarded(coro: Any) -> Any:
+    # A failure here must never surface as "Task exception was never retrieved".
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("moderation task failed: %r (retried later)", exc)
+        return FAILED
+
+
+async def drain() -> None:
+    """Wait for every moderation task of this loop (tests, shutdown)."""
+    loop = asyncio.get_running_loop()
+    while mine := [t for t in _tasks if t.get_loop() is loop and not t.done()]:
+        await asyncio.gather(*mine, return_exceptions=True)
+
+
+async def retry_pending(*, force: bool = False, limit: int = BATCH) -> RetryReport:
+    """One pass: open cases for recent answers that lack one, then call moderation for
+    due pending cases, oldest first. `force` ignores the backoff."""
+    report = RetryReport()
+    if not settings.MODERATION_ENABLED:
+        return report
+    report.backfilled = await db(_backfill)(since=timezone.now() - BACKFILL_WINDOW)
+    failures_in_a_row = 0
+    for case_id in await db(_due_case_ids)(force=force, limit=limit):
+        outcome = await _guarded(run_case(case_id, force=force))
+        if outcome == SKIPPED:
+            continue
+        report.states[outcome] = report.states.get(outcome, 0) + 1
+        if outcome == FAILED:
+            report.failed += 1
+            failures_in_a_row += 1
+            if failures_in_a_row >= FAILURES_BEFORE_PAUSE:
+                report.paused = True
+                break
+            continue
+        failures_in_a_row = 0
+        report.moderated += 1
+        report.flagged += outcome == State.FLAGGED
+    report.still_pending = await db(_pending_count)()
+    return report
+
+
+def wake() -> None:
+    """Ask this process's retry loop for a pass now (a report was filed); thread-safe."""
+    for loop, event in list(_wakers.items()):
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+
+
+async def run_forever(first_delay_s: float = 1.0) -> None:
+    """The periodic retry task of a server process (started by chat.lifecycle)."""
+    event = _wakers[asyncio.get_running_loop()] = asyncio.Event()
+    await asyncio.sleep(first_delay_s)
+    while True:
+        try:
+            report = await retry_pending()
+            if report.moderated or report.failed:
+                log.info(
+                    "moderation retry: %d moderated (%d flagged), %d failed, %d pending",
+                    report.moderated,
+                    report.flagged,
+                    report.failed,
+                    report.still_pending,
+                )
+        except Exception as exc:
+            log.warning("moderation retry pass failed: %r", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), settings.MODERATION_RETRY_INTERVAL_S)
+        event.clear()

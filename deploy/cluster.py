@@ -1,0 +1,213 @@
+"""Run the production topology on this machine: nginx on loopback in front of N daphne
+processes sharing the local PostgreSQL and Redis.
+
+    python deploy/cluster.py [--processes 2] [--port 8080]   (or: make serve-cluster)
+
+Ctrl-C (or SIGTERM) stops nginx, then drains every daphne process (running answers
+finish for up to DRAIN_S, viewers move to the others). Logs and the generated nginx
+configuration are under .cluster/.
+"""
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from string import Template
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_SITE = ROOT / "deploy" / "nginx.conf"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/livechat"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def render_nginx_conf(*, listen: str, ports: list[int], static_root: Path, run_dir: Path) -> str:
+    """A complete nginx.conf for a foreground nginx owning only files under run_dir."""
+    site = Template(NGINX_SITE.read_text()).safe_substitute(
+        LISTEN=listen,
+        UPSTREAM_SERVERS=" ".join(
+            f"server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;" for p in ports
+        ),
+        STATIC_ROOT=str(static_root),
+    )
+    temp = run_dir / "tmp"
+    return f"""worker_processes 1;
+pid {run_dir}/nginx.pid;
+error_log {run_dir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log {run_dir}/nginx-access.log;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+{site}
+}}
+"""
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+class Cluster:
+    """daphne processes on consecutive ports, and nginx in front of them."""
+
+    def __init__(self, *, env: dict[str, str], run_dir: Path, ports: list[int], listen_port: int):
+        self.env = env
+        self.run_dir = run_dir
+        self.ports = ports
+        self.listen_port = listen_port
+        self.apps: dict[int, subprocess.Popen] = {}
+        self.nginx: subprocess.Popen | None = None
+        (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    def start_app(self, port: int) -> None:
+        log = (self.run_dir / f"daphne-{port}.log").open("a")
+        self.apps[port] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "project.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_http(f"http://127.0.0.1:{port}/readyz")
+
+    def stop_app(self, port: int, timeout: float = 60) -> int:
+        """SIGTERM: the process drains, then exits."""
+        proc = self.apps.pop(port)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(5)
+
+    def start_nginx(self) -> None:
+        conf = self.run_dir / "nginx.conf"
+        conf.write_text(
+            render_nginx_conf(
+                listen=f"127.0.0.1:{self.listen_port}",
+                ports=self.ports,
+                static_root=ROOT / "staticfiles",
+                run_dir=self.run_dir,
+            )
+        )
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.nginx = subprocess.Popen(
+            [nginx, "-c", str(conf), "-p", str(self.run_dir), "-g", "daemon off;"],
+            stdout=(self.run_dir / "nginx.out").open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_http(f"{self.url}/healthz")
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.start_app(port)
+        self.start_nginx()
+
+    def stop(self) -> None:
+        if self.nginx is not None and self.nginx.poll() is None:
+            self.nginx.send_signal(signal.SIGQUIT)  # graceful: finish open requests
+            try:
+                self.nginx.wait(10)
+            except subprocess.TimeoutExpired:
+                self.nginx.kill()
+        for port in list(self.apps):
+            self.stop_app(port)
+
+
+def _manage(env: dict[str, str], *args: str) -> None:
+    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
+
+
+def _create_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--first-app-port", type=int, default=8001)
+    args = parser.parse_args()
+
+    run_dir = ROOT / ".cluster"
+    run_dir.mkdir(exist_ok=True)
+    key_file = run_dir / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECURE_COOKIES": os.environ.get("DJANGO_SECURE_COOKIES", "0"),
+        "DJANGO_ALLOWED_HOSTS": os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost"),
+        "DATABASE_URL": os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+        "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+    }
+    env.setdefault("DJANGO_SECRET_KEY", key_file.read_text().strip())
+    if env["DATABASE_URL"].startswith("postgres"):
+        _create_database(env["DATABASE_URL"])
+    _manage(env, "migrate", "--noinput")
+    _manage(env, "collectstatic", "--noinput", "-v", "0")
+    _manage(env, "demo")
+
+    ports = [args.first_app_port + i for i in range(args.processes)]
+    cluster = Cluster(env=env, run_dir=run_dir, ports=ports, listen_port=args.port)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        cluster.start()
+        print(f"Livechat on {cluster.url}/ (nginx -> daphne on ports {ports}); Ctrl-C stops.")
+        print(f"Logs: {run_dir}/")
+        while not stopping:
+            time.sleep(0.5)
+    finally:
+        print("Stopping: draining the app processes...")
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
