@@ -21,7 +21,10 @@ COPY . .
 RUN DJANGO_SECRET_KEY=collectstatic-build-only python manage.py collectstatic --noinput
 
 # The code stays root-owned and read-only for the process that serves it.
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app \
+    # ...except the collected static files, which a deployment may refresh into a
+    # volume it shares with nginx (docker-compose.yml's `migrate` does).
+    && chown -R app:app /app/staticfiles
 USER app
 
 EXPOSE 8000
@@ -31,4 +34,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "project.asgi:application"]
+# -v 0: no per-request access lines (nginx logs requests); app logs stay JSON lines.
+CMD ["daphne", "-v", "0", "-b", "0.0.0.0", "-p", "8000", "project.asgi:application"]

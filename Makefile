@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format install sweep clean lock browser
+.PHONY: run test lint format install sweep clean lock browser nginx serve-cluster
 
 $(BIN)/.installed: requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,22 @@ run: install
 	@echo "Open http://$(HOST):$(PORT)/ and sign in with one of the accounts above."
 	$(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
 
-test: install browser
+test: install browser nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# nginx (Debian's) for `make serve-cluster` and the cluster tests.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+		echo "Installing Debian's nginx..."; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } \
+		|| echo "Could not install nginx: cluster tests will skip (fail with REQUIRE_SERVICES=1)."; }
+
+# nginx on 127.0.0.1:$(CLUSTER_PORT) in front of $(PROCESSES) daphne processes, on the
+# local PostgreSQL and Redis (DATABASE_URL and REDIS_URL override them). Ctrl-C drains.
+PROCESSES ?= 2
+CLUSTER_PORT ?= 8080
+serve-cluster: install nginx
+	$(BIN)/python deploy/cluster.py --processes $(PROCESSES) --port $(CLUSTER_PORT)
 
 # Browser tests drive Debian's Chromium (never a downloaded browser build). Installed
 # here when possible; without it those tests skip locally and fail under CI.

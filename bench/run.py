@@ -122,6 +122,7 @@ class Mode:
     stagger_s: float
     direct_probes: int = 3
     quiet_wait_s: float = 0.0  # wait for a quiet machine before each step, at most this
+    scale_out_max_steps: int = 99
 
 
 MODES = {
@@ -132,14 +133,7 @@ MODES = {
         sweep=[(1, 1), (10, 10), (50, 10), (100, 10), (20, 100)],
         rounds={(1, 1): 5, (10, 10): 3},
         uncoalesced=[(1, 1), (10, 10), (30, 10)],
-        layer_steps=[
-            ("pubsub", 10, 10),
-            ("pubsub", 10, 100),
-            ("pubsub", 50, 10),
-            ("core", 10, 10),
-            ("core", 10, 100),
-            ("core", 50, 10),
-        ],
+        layer_steps=[("pubsub", 10, 50), ("core", 10, 10), ("core", 10, 50)],
         scale_out=True,
         idle_viewers=1000,
         asgi_viewers=1000,
@@ -147,24 +141,25 @@ MODES = {
         redis_n=100_000,
         restart_each_step=True,
         stagger_s=1.0,
-        quiet_wait_s=45,
+        quiet_wait_s=20,
     ),
     "quick": Mode(
         name="quick",
-        words=90,
+        words=60,
         ttft_ms=200,
-        sweep=[(1, 1), (10, 10), (50, 10)],
+        sweep=[(1, 1), (10, 10), (30, 10)],
         rounds={(1, 1): 2},
         uncoalesced=[(10, 10)],
-        layer_steps=[("pubsub", 10, 30), ("core", 10, 10), ("core", 10, 30)],
+        layer_steps=[("pubsub", 10, 20), ("core", 10, 10), ("core", 10, 20)],
         scale_out=True,
-        idle_viewers=200,
-        asgi_viewers=200,
+        scale_out_max_steps=1,
+        idle_viewers=100,
+        asgi_viewers=100,
         asgi_rounds=100,
         redis_n=20_000,
         restart_each_step=False,
         stagger_s=0.5,
-        quiet_wait_s=2,
+        quiet_wait_s=1,
     ),
     "smoke": Mode(
         name="smoke",
@@ -800,6 +795,7 @@ class Bench:
             pg_delta(pg_before, pg_after),
             {
                 "settle_seconds": settle,
+                "redis_monitor_bytes": mon.bytes if mon else None,
                 "quiet_wait": quiet,
                 "presence_frames_while_joining": stats["presence_frames"],
                 "profile": profile,
@@ -939,6 +935,11 @@ class Bench:
             "direct_chunk_latency_ms": pct(direct_chunk),
             "deliveries_per_s": round(sum(deliveries) / len(deliveries), 1) if deliveries else 0,
             "server_cpu_percent": mean("server"),
+            "server_cpu_us_per_delivery": (
+                round(mean("server") * 10_000 / sum(deliveries) * len(deliveries), 1)
+                if mean("server") and sum(deliveries)
+                else None
+            ),
             "server_rss_mib": round(sum(sampler.rss_max(n) for n in server_names), 1),
             "simulator_cpu_percent": mean("simulator"),
             "loadgen_cpu_percent": mean("loadgen"),
@@ -986,6 +987,11 @@ class Bench:
             total = sum(commands.values())
             result["redis_commands"] = commands
             result["redis_commands_per_flush"] = round(total / flushes, 3) if flushes else None
+            if result.get("redis_monitor_bytes") and flushes:
+                # MONITOR's text of our commands (arguments quoted): a proxy for bytes.
+                result["redis_monitor_bytes_per_flush"] = round(
+                    result["redis_monitor_bytes"] / flushes, 1
+                )
         p99 = result["added_latency_ms"]["p99"]
         result["holds"] = bool(
             p99 is not None
@@ -1127,19 +1133,19 @@ class Bench:
         warm = self.viewer_specs(convs[-1:], 10, servers)
         await self.loadgen.call("connect", viewers=warm)
         await self.loadgen.call("close")
-        await asyncio.sleep(2)
+        short = self.mode.name != "full"
+        await asyncio.sleep(1 if short else 2)
         rss0 = ps.memory_info().rss
         specs = self.viewer_specs(convs[:-1], 10, servers)[:n]
         connected = await self.loadgen.call("connect", viewers=specs, concurrency=50)
-        await asyncio.sleep(5)
+        await asyncio.sleep(2 if short else 5)
         rss1 = ps.memory_info().rss
         c0, t0 = sum(ps.cpu_times()[:2]), time.time()
-        sys0 = psutil.cpu_times()
-        await asyncio.sleep(10)
+        await asyncio.sleep(4 if short else 10)
         cpu = 100 * (sum(ps.cpu_times()[:2]) - c0) / (time.time() - t0)
         stats = await self.loadgen.call("stats")
         await self.loadgen.call("close")
-        await asyncio.sleep(3)
+        await asyncio.sleep(1 if short else 3)
         rss2 = ps.memory_info().rss
         self.stop_servers()
         n_ok = connected["connected"]
@@ -1158,7 +1164,6 @@ class Bench:
             "idle_cpu_percent_per_1000_viewers": round(cpu * 1000 / max(n_ok, 1), 2),
             "still_open": stats["open"],
         }
-        del sys0
         log(f"  idle: {result}")
         return result
 
@@ -1388,6 +1393,8 @@ async def scale_out(bench: Bench, mode: Mode, steps: list[dict[str, Any]]) -> di
     for streams, viewers in mode.sweep[start:]:
         if (streams, viewers) == (1, 1):
             continue
+        if len(two_steps) >= mode.scale_out_max_steps:
+            break
         step = await bench.step(
             streams, viewers, n_servers=2, label=f"{streams}x{viewers} 2 servers"
         )
@@ -1475,9 +1482,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         fd = ref["first_delta_latency_ms"]
         add(
             "first delta never held back (10x10)",
-            "first-delta latency ~ non-first latency, well under W",
+            f"first-delta latency well under the window (p50 < W/2 = {w / 2:g} ms)",
             f"first-delta p50 {fd['p50']} ms, p99 {fd['p99']} ms",
-            fd["p99"] is not None and fd["p99"] < w,
+            fd["p50"] is not None and fd["p50"] < w / 2,
         )
     ref_name = results.get("reference_step", "10x10")
     tt = results.get("ttft_overhead_ms")

@@ -15,6 +15,9 @@ chat/ is not touched. Unknown names are ignored; with none set this is plain dap
               a local hub receives each group event once and hands it to every local
               socket of the conversation directly (no per-socket queue, msgpack decode,
               task wake-up and `asyncio.wait` per event). Implies ``dispatch``.
+``rawchunks`` The stream runner reads chunks as plain dicts (`client.post(..., cast_to=object,
+              stream=True)`): the SDK still sends the request, retries, decodes the SSE
+              and raises error events, but builds no pydantic-style model per chunk.
 ``dbpool``    Django's psycopg connection pool (Django >= 5.1) instead of a new
               PostgreSQL connection for every `database_sync_to_async` call
               (CONN_MAX_AGE=0). Needs the `psycopg-pool` package.
@@ -34,9 +37,12 @@ def apply(names: set[str]) -> list[str]:
 
         db = settings.DATABASES["default"]
         if db["ENGINE"].endswith("postgresql"):
-            db.setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 8, "timeout": 10}
+            db.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": 10, "timeout": 10}
             db["CONN_MAX_AGE"] = 0
             applied.append("dbpool")
+    if "rawchunks" in names:
+        _install_rawchunks()
+        applied.append("rawchunks")
     if "undo-dispatch" in names:
         from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -65,6 +71,79 @@ def apply(names: set[str]) -> list[str]:
         ChatConsumer.dispatch = dispatch
         applied.append("dispatch")
     return applied
+
+
+def _install_rawchunks() -> None:
+    import functools
+    import time
+
+    import openai
+
+    from chat.streaming import StreamRunner, Usage
+    from chat.text import clean_model_text
+
+    async def _read(self: Any) -> None:
+        request = self._request
+        body: dict[str, Any] = {
+            **request.extra,
+            "model": request.model,
+            "messages": list(request.messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.max_tokens:
+            body["max_tokens"] = request.max_tokens
+        post = functools.partial(
+            self._client.post,
+            "/chat/completions",
+            cast_to=object,
+            stream=True,
+            stream_cls=openai.AsyncStream[object],
+        )
+        try:
+            stream = await post(body=body)
+        except openai.BadRequestError as exc:
+            if "stream_options" not in str(exc):
+                raise
+            del body["stream_options"]
+            stream = await post(body=body)
+        self._stream_open = True
+        try:
+            async for chunk in stream:
+                self._take_chunk(chunk)
+        finally:
+            await stream.close()
+
+    def _take_chunk(self: Any, chunk: Any) -> None:
+        self._last_chunk_at = time.monotonic()
+        if not isinstance(chunk, dict):
+            return
+        if chunk.get("model"):
+            self._model = chunk["model"]
+        u = chunk.get("usage")
+        if isinstance(u, dict):
+            self._usage = Usage(
+                u.get("prompt_tokens") or 0,
+                u.get("completion_tokens") or 0,
+                u.get("total_tokens") or 0,
+            )
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else None
+            if text:
+                text = clean_model_text(text)
+                if self._first_token_at is None:
+                    self._first_token_at = time.monotonic()
+                self._pieces += 1
+                self._buffer.append(text)
+                self._wake.set()
+            if choice.get("finish_reason"):
+                self._finish_reason = choice["finish_reason"]
+
+    StreamRunner._read = _read
+    StreamRunner._take_chunk = _take_chunk
 
 
 class Hub:
@@ -114,8 +193,8 @@ class Hub:
             for consumer in list(entry["members"]):
                 try:
                     await consumer.dispatch(event)
-                except Exception:
-                    log.exception("hub delivery failed")
+                except Exception as exc:  # a socket closing while the event was on its way
+                    log.warning("hub delivery failed: %r", exc)
 
 
 class _LayerProxy:

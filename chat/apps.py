@@ -6,4 +6,4 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from chat import signals  # noqa: F401 - connects the receivers
+        from chat import gauges, signals  # noqa: F401 - registers gauges, connects receivers

@@ -17,7 +17,19 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import fanout, lifecycle, limits, presence, protocol, selectors, services, snapshots
+from chat import (
+    drain,
+    fanout,
+    lifecycle,
+    limits,
+    logs,
+    metrics,
+    presence,
+    protocol,
+    selectors,
+    services,
+    snapshots,
+)
 from chat.exceptions import (
     BadFrame,
     ChatError,
@@ -45,12 +57,34 @@ _live_consumers: "weakref.WeakSet[ChatConsumer]" = weakref.WeakSet()
 db = database_sync_to_async
 
 
+try:  # what daphne (autobahn) raises when sending on a socket that has just closed
+    from autobahn.exception import Disconnected as _Disconnected
+
+    SOCKET_GONE: tuple[type[Exception], ...] = (_Disconnected,)
+except ImportError:  # served by another ASGI server
+    SOCKET_GONE = ()
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     """One open socket on `/ws/chat/<conversation_id>/`."""
 
     conversation_id: uuid.UUID
     membership: Membership | None = None
     joined = False
+
+    async def send(self, text_data=None, bytes_data=None, close=False) -> None:
+        # A group event can be handled after the peer has gone but before the server's
+        # disconnect event reaches this consumer: that frame has no one to go to.
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except SOCKET_GONE:
+            log.debug("frame dropped: the socket closed first")
+
+    async def close(self, code=None, reason=None) -> None:
+        try:
+            await super().close(code=code, reason=reason)
+        except SOCKET_GONE:
+            log.debug("close skipped: the socket closed first")
 
     async def connect(self) -> None:
         lifecycle.ensure_started()
@@ -64,6 +98,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Accept, then close: a refusal before accept reaches browsers as a bare HTTP 403
         # with no code, and the page could not tell "sign in" from "not a member".
         await self.accept()
+        logs.connection_id.set(self.channel_name.rsplit("!", 1)[-1][-12:])
+        if drain.is_draining():
+            await self.close(code=drain.CLOSE_SERVICE_RESTART)
+            return
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_NOT_SIGNED_IN)
             return
@@ -243,6 +281,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.close(code=CLOSE_FLOOD)
         return True
 
+    async def leave_for_restart(self, code: int) -> None:
+        """This process is draining: send the client to reconnect elsewhere."""
+        if self.joined:
+            await self._refuse(code, "process draining")
+
     async def refresh_liveness(self) -> None:
         """Keep this socket counted among its user's connections."""
         if self.joined:
@@ -260,6 +303,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         frame = await snapshots.build(self.membership)
         self.sent_seq.update(snapshots.streaming_seqs(frame))
         await self.send(text_data=protocol.dumps(frame))
+        metrics.frames_sent.inc()
 
     async def _announce_presence(self) -> None:
         viewers = await presence.viewers(str(self.conversation_id))
@@ -290,6 +334,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def chat_frame(self, event: dict[str, Any]) -> None:
         """A frame for every viewer, already serialized."""
         await self.send(text_data=event["text"])
+        metrics.frames_sent.inc()
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
         """A delta: forwarded if it is the next one, dropped if already shown, and
@@ -299,11 +344,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if seq <= last:
             return
         if seq > last + 1:
+            metrics.layer_drops.inc(seq - last - 1)
             log.info("socket missed deltas %d..%d of %s: resyncing", last + 1, seq - 1, message_id)
             await self.send_snapshot()
             return
         self.sent_seq[message_id] = seq
         await self.send(text_data=event["text"])
+        metrics.frames_sent.inc()
 
     async def refresh_group(self) -> None:
         """Renew this socket's group membership before the layer's group expiry."""

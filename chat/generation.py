@@ -15,7 +15,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat import fanout, moderation, protocol, replay, services
+from chat import fanout, logs, metrics, moderation, protocol, replay, services
 from chat.streaming import INTERRUPTED, StreamOutcome, StreamRequest, StreamRunner
 from chat.upstream import get_client
 
@@ -57,6 +57,12 @@ class Registry:
         runner.stop(reason)
         return True
 
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait until no generation runs here, or `timeout` seconds."""
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Store every running generation as `interrupted` with all its text so far."""
         for runner in list(self._runners.values()):
@@ -68,6 +74,7 @@ class Registry:
 
     async def _run(self, job: Job) -> None:
         key = str(job.message_id)
+        logs.stream_id.set(key)  # every log line of this task names its stream
         runner = StreamRunner(
             get_client(),
             job.request,
@@ -122,7 +129,9 @@ class Relay:
         except Exception as exc:
             self._log_intact = False
             log.warning("replay log append failed for %s seq %s: %r", self._message_id, seq, exc)
-        await fanout.publish_delta(self._job.conversation_id, self._message_id, seq, text)
+        metrics.deltas_published.inc()
+        if not await fanout.publish_delta(self._job.conversation_id, self._message_id, seq, text):
+            metrics.layer_drops.inc()
 
 
 async def _listen_for_cancel(message_id: uuid.UUID, runner: StreamRunner) -> None:
@@ -169,18 +178,23 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
         "ttft_ms": outcome.ttft_ms,
         "duration_ms": outcome.duration_ms,
     }
-    message = None
+    _count(outcome)
+    message, stored = None, False
     for attempt in range(5):
         try:
             message = await database_sync_to_async(services.message_finish)(**kwargs)
+            stored = True
             break
         except Exception:
             log.warning(
                 "storing message %s failed (attempt %d)", job.message_id, attempt + 1, exc_info=True
             )
             await asyncio.sleep(0.5 * 2**attempt)
-    if message is None:
+    if not stored:
         log.error("message %s could not be stored; the sweeper will recover it", job.message_id)
+        return
+    if message is None:
+        log.info("message %s was deleted with its conversation while it ran", job.message_id)
         return
     log.info(
         "message %s %s: %d chars, %d deltas, ttft %s ms, %s ms",
@@ -200,6 +214,14 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
         log.warning("replay log expiry failed for %s", job.message_id, exc_info=True)
     # Its own task, after `done`: moderation never delays or fails the answer.
     moderation.schedule(job.message_id)
+
+
+def _count(outcome: StreamOutcome) -> None:
+    metrics.generations.inc(label_value=outcome.status)
+    if outcome.error is not None:
+        metrics.upstream_errors.inc(label_value=outcome.error.code)
+    if outcome.ttft_ms is not None:
+        metrics.ttft.observe(outcome.ttft_ms / 1000)
 
 
 registry = Registry()

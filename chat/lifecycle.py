@@ -130,9 +130,8 @@ def _hook_twisted_shutdown() -> None:
         return
 
     def before_shutdown() -> defer.Deferred:
-        from chat.generation import registry
+        from chat import drain
 
-        log.info("shutting down: interrupting %d generation(s)", len(registry))
-        return defer.Deferred.fromFuture(asyncio.ensure_future(registry.shutdown()))
+        return defer.Deferred.fromFuture(asyncio.ensure_future(drain.drain()))
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)

@@ -63,6 +63,8 @@ def prompt_history(*, prompt: Message, limit: int) -> list[dict[str, str]]:
         )
         .exclude(status=Message.Status.STREAMING)
         .exclude(content="")
+        # What moderation hid is not fed back to the model either.
+        .exclude(redacted=True)
         .order_by("-created_at")
         .values_list("role", "content")[:limit]
     )

@@ -260,4 +260,5 @@ def message_finish(
             pk=message_id, status__in=[Status.STREAMING, Status.INTERRUPTED]
         ).update(**fields)
         quota.settle(message_id=message_id, used=usage[2] if usage else 0)
-    return Message.objects.select_related("author").get(pk=message_id)
+    # None: the conversation was deleted while the answer ran; nothing left to store.
+    return Message.objects.select_related("author").filter(pk=message_id).first()

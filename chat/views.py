@@ -4,12 +4,15 @@ import asyncio
 import logging
 import uuid
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils.crypto import constant_time_compare
 
+from chat import drain, metrics
 from chat.redis_conn import get_redis, redis_enabled
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,31 @@ async def _layer_ok() -> bool:
         return False
 
 
-async def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database and the channel layer answer, else 503."""
-    from asgiref.sync import sync_to_async
+async def _checks() -> dict[str, bool]:
+    return {"database": await sync_to_async(_database_ok)(), "channel_layer": await _layer_ok()}
 
-    checks = {"database": await sync_to_async(_database_ok)(), "channel_layer": await _layer_ok()}
+
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: 200 when the database and the channel layer answer, else 503."""
+    checks = await _checks()
     ok = all(checks.values())
     return JsonResponse({"ok": ok, **checks}, status=200 if ok else 503)
+
+
+async def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: as /healthz, and 503 while the process drains for a restart."""
+    checks = {**await _checks(), "accepting": not drain.is_draining()}
+    ok = all(checks.values())
+    return JsonResponse({"ok": ok, **checks}, status=200 if ok else 503)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text for this process; only for METRICS_ALLOWED_IPS or the token."""
+    token = settings.METRICS_TOKEN
+    bearer = request.headers.get("Authorization", "")
+    allowed = request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS or (
+        token and constant_time_compare(bearer, f"Bearer {token}")
+    )
+    if not allowed:
+        return HttpResponse(status=404)
+    return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4")

@@ -88,6 +88,8 @@ class Cluster:
                 sys.executable,
                 "-m",
                 "daphne",
+                "-v",  # no per-request access lines: nginx logs requests
+                "0",
                 "-b",
                 "127.0.0.1",
                 "-p",

@@ -72,6 +72,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "chat.middleware.ContentSecurityPolicyMiddleware",
+    "chat.middleware.RequestIdMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -233,14 +234,35 @@ CACHES = {
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# json: one object a line with request/connection/stream ids (production); plain: for people.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "chat.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s %(ids)s"},
+        "json": {"()": "chat.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# Operations.
+DRAIN_S = env_float("DRAIN_S", 30.0)  # on SIGTERM: how long running answers may finish
+# /metrics answers these client addresses (scrape each process directly; nginx hides the
+# path), or anyone presenting `Authorization: Bearer <METRICS_TOKEN>` when it is set.
+METRICS_ALLOWED_IPS = [
+    ip.strip() for ip in env_str("METRICS_ALLOWED_IPS", "127.0.0.1,::1").split(",") if ip.strip()
+]
+METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # --- Accounts (UI) ---
 # Anyone who can reach the site may create an account at /accounts/signup/ while this is

@@ -174,3 +174,18 @@ def conversation(users):
     conv = services.conversation_create(owner=users["alice"], title="t")
     services.member_set(conversation=conv, actor=users["alice"], username="bob", role=Role.MEMBER)
     return conv
+
+
+@pytest.fixture(autouse=True)
+async def _settle_background_work():
+    """Let the generations and moderation calls a test started finish on its own loop
+    before the database is flushed: they write from threads, and SQLite refuses to
+    flush tables another connection is writing."""
+    yield
+    import asyncio
+
+    from chat import moderation
+    from chat.generation import registry
+
+    await registry.wait_idle(10)
+    await asyncio.wait_for(moderation.drain(), 10)

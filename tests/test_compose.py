@@ -140,3 +140,29 @@ def test_the_image_bakes_in_no_secret_key() -> None:
     baked = [args for keyword, args in instructions if keyword in {"ENV", "ARG"}]
     assert not any("DJANGO_SECRET_KEY" in args for args in baked)
     assert any(keyword == "USER" and args not in {"root", "0"} for keyword, args in instructions)
+
+
+def test_nginx_fronts_both_app_processes_with_the_deploy_config(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    nginx = services["nginx"]
+    mounts = " ".join(nginx["volumes"])
+    assert "./deploy/nginx.conf:/etc/nginx/templates/" in mounts
+    env = _environment(nginx)
+    for app in APPS:
+        assert f"server {app}:8000" in env["UPSTREAM_SERVERS"]
+    assert set(APPS) <= set(_depends_on(nginx))
+    template = (ROOT / "deploy" / "nginx.conf").read_text()
+    for placeholder in re.findall(r"\$\{(\w+)\}", template):
+        assert placeholder in env, f"nginx.conf needs {placeholder}"
+    # The static files nginx serves come from the volume collectstatic fills.
+    static_volume = next(v.split(":")[0] for v in nginx["volumes"] if "/srv/static" in v)
+    assert any(v.startswith(f"{static_volume}:") for v in services["migrate"]["volumes"])
+
+
+def test_apps_get_longer_to_stop_than_their_drain(services: dict[str, dict[str, Any]]) -> None:
+    settings_text = (ROOT / "project" / "settings.py").read_text()
+    drain_s = float(re.search(r'env_float\("DRAIN_S", ([\d.]+)\)', settings_text).group(1))
+    for app in APPS:
+        grace = services[app]["stop_grace_period"]
+        assert grace.endswith("s") and float(grace[:-1]) > drain_s

@@ -22,7 +22,11 @@ def count_to(n: int) -> str:
 
 @pytest.fixture
 async def two_servers(redis_postgres: Deployment):
-    first, second = redis_postgres.start_server(), redis_postgres.start_server()
+    # A short drain: these tests are about what SIGTERM leaves once the drain is over.
+    first, second = (
+        redis_postgres.start_server(DRAIN_S="1"),
+        redis_postgres.start_server(DRAIN_S="1"),
+    )
     alice_a = await Session(first, "alice").login()
     bob_b = await Session(second, "bob").login()
     yield first, second, alice_a, bob_b

@@ -148,6 +148,20 @@
 
   function hideNotice(target) { target.hidden = true; }
 
+  // A member's report opens a moderation case for staff (POST .../report/).
+  async function reportMessage(messageId) {
+    const reason = window.prompt("Why should staff review this message?");
+    if (!reason || !reason.trim() || !state.conversationId) return;
+    try {
+      await api("POST",
+        `/api/conversations/${state.conversationId}/messages/${messageId}/report/`,
+        { reason: reason.trim().slice(0, 1000) });
+      showNotice(ui.notice, "Reported: staff will review this message.");
+    } catch (err) {
+      showNotice(ui.notice, `Could not report: ${err.message}`);
+    }
+  }
+
   function relativeTime(iso) {
     const t = Date.parse(iso);
     if (!t) return "";
@@ -468,6 +482,10 @@
         state.redacted.add(frame.message_id);
         scheduleRender(frame.message_id);
         break;
+      case "restored": // a redaction undone by staff
+        state.redacted.delete(frame.message.id);
+        upsertMessage(frame.message, true);
+        break;
       case "error": showServerError(frame); break;
       default: break; // unknown frame types are ignored so the server can add new ones
     }
@@ -494,6 +512,8 @@
     applyConversation(frame.conversation);
     state.byId = new Map();
     state.order = [];
+    // The snapshot is the truth about what is hidden (each message says `redacted`).
+    state.redacted = new Set();
     for (const m of frame.messages || []) {
       state.byId.set(m.id, m);
       state.order.push(m.id);
@@ -647,6 +667,11 @@
     const body = el("div", "content");
     const details = el("div", "details");
     const actions = el("div", "actions");
+    const report = el("button", "report-button link-button", "Report");
+    report.type = "button";
+    report.title = "Ask staff to review this message";
+    report.addEventListener("click", () => reportMessage(m.id));
+    actions.append(report);
     node.append(head, body, details, actions);
     node.dataset.messageId = m.id;
     state.elements.set(m.id, node);
@@ -668,6 +693,7 @@
     node.classList.toggle("redacted", redacted);
     node.classList.toggle("mine", m.role === "user" && m.author === config.username);
     node.setAttribute("aria-busy", String(streaming)); // screen readers wait for the final text
+    node.querySelector(".report-button").hidden = streaming || redacted;
 
     const meta = node.querySelector(".meta");
     const author = m.role === "assistant" ? "Assistant" : m.author || "(deleted user)";

@@ -1,0 +1,122 @@
+"""CPU per streamed chunk of the upstream read, with and without the SDK's chunk models.
+
+    .venv/bin/python -m bench.upstream_cost [--streams 10] [--words 300]
+
+Starts the simulator (60 tokens/s) and reads the same streams three ways in this process,
+measuring this process's CPU time per content chunk:
+- `create`: `client.chat.completions.create(stream=True)`, what chat/streaming.py does;
+- `post`: the same client, `client.post(..., cast_to=object, stream=True)`: request,
+  retries, SSE decoding and error events by the SDK, chunks left as dicts;
+- `httpx2`: a bare httpx2 request, lines split and `json.loads`-ed by hand (a floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.live import _wait_http, free_port, spawn  # noqa: E402
+
+
+async def measure(base_url: str, streams: int, words: int) -> dict[str, float]:
+    import httpx2
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
+    raw = httpx2.AsyncClient(timeout=60)
+
+    def body(kind: str) -> dict:
+        prompt = f"cost {kind} {uuid.uuid4().hex} [[sim words={words}]]"
+        return {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+    async def via_create() -> int:
+        b = body("create")
+        stream = await client.chat.completions.create(**b)
+        n = 0
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                n += 1
+        return n
+
+    async def via_post() -> int:
+        stream = await client.post(
+            "/chat/completions",
+            body=body("post"),
+            cast_to=object,
+            stream=True,
+            stream_cls=openai.AsyncStream[object],
+        )
+        n = 0
+        async for chunk in stream:
+            choices = chunk.get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                n += 1
+        return n
+
+    async def via_httpx2() -> int:
+        n = 0
+        async with raw.stream("POST", f"{base_url}/chat/completions", json=body("raw")) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    data = json.loads(line[6:])
+                    if data["choices"] and data["choices"][0]["delta"].get("content"):
+                        n += 1
+        return n
+
+    proc = psutil.Process()
+    out = {}
+    for name, fn in (("create", via_create), ("post", via_post), ("httpx2", via_httpx2)):
+        await fn()  # warm up
+        cpu0, t0 = sum(proc.cpu_times()[:2]), time.time()
+        chunks = sum(await asyncio.gather(*(fn() for _ in range(streams))))
+        cpu = sum(proc.cpu_times()[:2]) - cpu0
+        out[name] = {
+            "chunks": chunks,
+            "cpu_us_per_chunk": round(cpu * 1e6 / chunks, 1),
+            "cpu_percent": round(100 * cpu / (time.time() - t0), 1),
+        }
+    await client.close()
+    await raw.aclose()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--streams", type=int, default=10)
+    parser.add_argument("--words", type=int, default=300)
+    args = parser.parse_args()
+    port = free_port()
+    tmp = Path(os.environ.get("BENCH_TMP", "/tmp"))
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings_test"}
+    args_sim = ["--port", str(port), "--chunk-ms", "16.667", "--ttft-ms", "100"]
+    sim = spawn(
+        [sys.executable, "-m", "bench.simulator", *args_sim],
+        env,
+        tmp / f"upstream-cost-simulator-{port}.log",
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/v1/models", sim.proc, sim.log_path)
+        result = asyncio.run(measure(f"http://127.0.0.1:{port}/v1", args.streams, args.words))
+    finally:
+        sim.stop()
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Graceful drain of this process on SIGTERM (a rolling restart, a scale-in).
+
+1. Stop taking work: `/readyz` answers 503 and new sockets are closed with 1012.
+2. Send the open sockets elsewhere at once: close them with 1012 ("service restart");
+   clients reconnect (through the proxy, to another process) and resume by snapshot,
+   still receiving the answers this process keeps generating, through Redis.
+3. Let running answers finish for up to DRAIN_S, then store the rest `interrupted`.
+"""
+
+import asyncio
+import logging
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+CLOSE_SERVICE_RESTART = 1012
+
+_draining = False
+
+
+def is_draining() -> bool:
+    return _draining
+
+
+async def drain() -> None:
+    global _draining
+    from chat.consumers import live_consumers
+    from chat.generation import registry
+
+    _draining = True
+    sockets = live_consumers()
+    log.info(
+        "draining: moving %d socket(s) away, %d answer(s) running", len(sockets), len(registry)
+    )
+    await asyncio.gather(
+        *(c.leave_for_restart(CLOSE_SERVICE_RESTART) for c in sockets), return_exceptions=True
+    )
+    await registry.wait_idle(settings.DRAIN_S)
+    await registry.shutdown()
+    log.info("drained")
