@@ -146,3 +146,39 @@ async def test_prompts_per_minute_are_capped(users, conversation, settings):
     assert error["retry_after"] >= 1
     await asyncio.sleep(0)
     await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["\x00", "a\x00b", "lone \ud800", "   \n\t ", "\u202e\u2066", "", "😀" * 40_000],
+    ids=["nul", "embedded-nul", "surrogate", "whitespace", "only-bidi", "empty", "long-emoji"],
+)
+async def test_hostile_prompts_never_reach_the_upstream(users, conversation, settings, content):
+    from chat.upstream import get_client
+
+    settings.PROMPT_MAX_CHARS = 32_000
+    simulator = get_client()._client._transport.simulator  # the in-process upstream
+    before = simulator.requests_seen
+    comm = await connect(users["bob"], conversation.id)
+    frame = json.dumps({"type": "prompt", "content": content}, ensure_ascii=False)
+    await comm.send_to(text_data=frame)
+    error = (await frames_until(comm, lambda f: f["type"] == "error"))[-1]
+    assert error["code"] in ("bad_frame", "too_long")
+    await comm.send_json_to({"type": "sync"})  # the socket still works
+    assert (await frames_until(comm, lambda f: f["type"] == "snapshot"))[-1]["messages"] == []
+    assert simulator.requests_seen == before
+    assert await Message.objects.acount() == 0
+    await comm.disconnect()
+
+
+async def test_a_megabyte_of_emoji_is_closed_as_too_big_before_parsing(users, conversation):
+    from chat.upstream import get_client
+
+    simulator = get_client()._client._transport.simulator
+    before = simulator.requests_seen
+    comm = await connect(users["bob"], conversation.id)
+    frame = json.dumps({"type": "prompt", "content": "😀" * 262_144}, ensure_ascii=False)
+    await comm.send_to(text_data=frame)  # 1 MiB of UTF-8
+    assert await closed_with(comm) == 1009
+    assert simulator.requests_seen == before
+    assert await Message.objects.acount() == 0
