@@ -148,9 +148,9 @@ MODES = {
         words=60,
         ttft_ms=200,
         sweep=[(1, 1), (10, 10), (30, 10)],
-        rounds={(1, 1): 2},
+        rounds={},
         uncoalesced=[(10, 10)],
-        layer_steps=[("pubsub", 10, 20), ("core", 10, 10), ("core", 10, 20)],
+        layer_steps=[("pubsub", 10, 20), ("core", 10, 10)],
         scale_out=True,
         scale_out_max_steps=1,
         idle_viewers=100,
@@ -770,11 +770,12 @@ class Bench:
             collected["loadgen_cpu_percent"] = waited["loadgen_cpu_percent"]
             collected["done"] = waited["done"]
             round_results.append(collected)
-        await asyncio.sleep(1.0)  # the final writes and publishes of the last answers
+        pause = 1.0 if self.mode.name == "full" else 0.5
+        await asyncio.sleep(pause)  # the final writes and publishes of the last answers
         commands = mon.stop() if mon else None
         profile = self.stop_profiler(profiler) if profiler else None
         await sampler.stop()
-        await asyncio.sleep(1.0)  # PostgreSQL publishes its counters
+        await asyncio.sleep(pause)  # PostgreSQL publishes its counters
         pg_after = pg_counts(self.db_url)
         summary = await self.loadgen.call("summary")
         await self.loadgen.call("close")
@@ -1327,6 +1328,15 @@ async def run(
         skipped = [f"{s}x{v}" for s, v in mode.sweep[len(steps) :]]
         results["steps_skipped"] = skipped
 
+        # Layer comparison, with MONITOR counting our Redis commands. The pub/sub steps
+        # run first, on the sweep's server configuration (quick mode reuses it).
+        async def layer_step(layer: str, streams: int, viewers: int) -> dict[str, Any]:
+            return await bench.step(
+                streams, viewers, layer=layer, monitor=True, label=f"{streams}x{viewers} {layer}"
+            )
+
+        layers = [await layer_step(*x) for x in mode.layer_steps if x[0] == "pubsub"]
+
         # Coalescing off.
         uncoalesced = []
         for streams, viewers in mode.uncoalesced:
@@ -1342,18 +1352,7 @@ async def run(
                 break
         results["uncoalesced_steps"] = uncoalesced
 
-        # Layer comparison, with MONITOR counting our Redis commands.
-        layers = []
-        for layer, streams, viewers in mode.layer_steps:
-            layers.append(
-                await bench.step(
-                    streams,
-                    viewers,
-                    layer=layer,
-                    monitor=True,
-                    label=f"{streams}x{viewers} {layer}",
-                )
-            )
+        layers += [await layer_step(*x) for x in mode.layer_steps if x[0] != "pubsub"]
         results["layer_steps"] = layers
 
         # Scale-out: the heaviest step that holds with two servers (viewers split).

@@ -39,6 +39,7 @@ from chat.exceptions import (
     TooManyConnections,
 )
 from chat.generation import Job, registry
+from chat.hub import get_hub
 from chat.models import Membership, Message
 from chat.streaming import StreamRequest
 
@@ -119,7 +120,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await self.channel_layer.group_add(fanout.user_group(user.pk), self.channel_name)
             # Join the group before reading the snapshot, so no delta falls between them.
-            await self.channel_layer.group_add(self.group, self.channel_name)
+            # Through the process's hub: one layer subscription per conversation.
+            await get_hub().join(self.group, self)
             self.joined = True
             await self.send_snapshot()
         except Exception as exc:
@@ -143,7 +145,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.joined = False
         try:
             await limits.connection_close(self.user.pk, self.channel_name)
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await get_hub().leave(self.group, self)
             await self.channel_layer.group_discard(
                 fanout.user_group(self.user.pk), self.channel_name
             )
@@ -316,6 +318,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # ---- group events -------------------------------------------------------------
 
+    async def deliver(self, event: dict[str, Any]) -> None:
+        """A conversation group event, from this process's hub."""
+        await self.dispatch(event)
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs `aclose_old_connections()` before every handler: a thread hop
         # through the one thread-sensitive executor, per event and per socket, which
@@ -355,7 +361,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def refresh_group(self) -> None:
         """Renew this socket's group membership before the layer's group expiry."""
         if self.joined:
-            await self.channel_layer.group_add(self.group, self.channel_name)
+            await get_hub().refresh(self.group)
 
     async def resync(self) -> None:
         """Send a fresh snapshot after frames may have been lost (a layer outage)."""

@@ -205,6 +205,9 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
         outcome.ttft_ms,
         outcome.duration_ms,
     )
+    # Its own task, which starts once `done` is on its way: moderation never delays or
+    # fails the answer, and whoever sees `done` can already wait for it.
+    moderation.schedule(job.message_id)
     await fanout.publish_frame(
         job.conversation_id, protocol.done_frame(protocol.message_payload(message))
     )
@@ -212,8 +215,6 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
         await replay.finish(str(job.message_id))
     except Exception:
         log.warning("replay log expiry failed for %s", job.message_id, exc_info=True)
-    # Its own task, after `done`: moderation never delays or fails the answer.
-    moderation.schedule(job.message_id)
 
 
 def _count(outcome: StreamOutcome) -> None:

@@ -110,6 +110,17 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Many threads write through sync_to_async; wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+DB_POOL_MAX = env_int("DB_POOL_MAX", 10)
+if DATABASES["default"]["ENGINE"].endswith("postgresql") and DB_POOL_MAX > 0:
+    # Without persistent connections every database_sync_to_async call opened and
+    # closed its own PostgreSQL connection (a backend fork and an authentication): most
+    # of the prompt-to-first-token overhead under load (bench/REPORT.md). Django's pool
+    # (psycopg-pool) hands connections back on close instead; CONN_MAX_AGE stays 0.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DB_POOL_MAX,
+        "timeout": 10,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Channel layer: Redis when REDIS_URL is set (fan-out across processes), else in-memory.
