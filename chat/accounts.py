@@ -6,6 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
+from django.core.cache import cache
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -14,6 +15,12 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods
 
 SIGNUP_DISABLED = "Sign-up is turned off on this server."
+TOO_MANY_SIGNUPS = "Too many new accounts from this address; try again later."
+SIGNUP_WINDOW_S = 3600
+
+
+def _signup_key(request: HttpRequest) -> str:
+    return f"signup:addr:{request.META.get('REMOTE_ADDR', '')}"
 
 
 def signup_context(request: HttpRequest) -> dict[str, Any]:
@@ -41,8 +48,17 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect(_next_url(request))
     form = UserCreationForm(request.POST if request.method == "POST" else None)
+    limit = settings.SIGNUPS_PER_HOUR_PER_ADDRESS
+    if request.method == "POST" and limit and (cache.get(_signup_key(request)) or 0) >= limit:
+        # One address creating account after account is a bot filling the database.
+        form.add_error(None, TOO_MANY_SIGNUPS)
+        response = render(request, "registration/signup.html", {"form": form, "next": ""})
+        response.status_code = 429
+        return response
     if request.method == "POST" and form.is_valid():
         user = form.save()
+        cache.add(_signup_key(request), 0, SIGNUP_WINDOW_S)
+        cache.incr(_signup_key(request))
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect(_next_url(request))
     return render(

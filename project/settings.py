@@ -280,6 +280,7 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 # on; turn it off for a private deployment (accounts then come from the admin,
 # `createsuperuser` or `demo`). The sign-in page links to sign-up only when it is on.
 SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)
+SIGNUPS_PER_HOUR_PER_ADDRESS = env_int("SIGNUPS_PER_HOUR_PER_ADDRESS", 10)  # 0: no limit
 TEMPLATES[0]["OPTIONS"]["context_processors"].append("chat.accounts.signup_context")
 # Django's standard password checks, for sign-up (and createsuperuser, password changes).
 AUTH_PASSWORD_VALIDATORS = [

@@ -104,3 +104,29 @@ def test_sign_in_attempts_are_limited_per_username(django_user_model, settings):
     other = client.post("/accounts/login/", {"username": "bob", "password": "right-password-2"})
     assert other.status_code == 302
     cache.clear()
+
+
+def test_sign_ups_are_limited_per_address(settings):
+    from django.contrib.auth import get_user_model
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.SIGNUPS_PER_HOUR_PER_ADDRESS = 2
+    for n in range(2):
+        created = Client().post(
+            "/accounts/signup/",
+            {
+                "username": f"new{n}",
+                "password1": "a-Long-pass-9931",
+                "password2": "a-Long-pass-9931",
+            },
+        )
+        assert created.status_code == 302
+    refused = Client().post(
+        "/accounts/signup/",
+        {"username": "new3", "password1": "a-Long-pass-9931", "password2": "a-Long-pass-9931"},
+    )
+    assert refused.status_code == 429
+    assert b"Too many new accounts" in refused.content
+    assert not get_user_model().objects.filter(username="new3").exists()
+    cache.clear()
