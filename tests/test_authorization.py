@@ -6,7 +6,7 @@ import pytest
 from django.test import AsyncClient
 
 from chat.models import Membership, Message, Role
-from tests.test_consumers import connect, frames_until
+from tests.sockets import connect, frames_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.db.backends import utils as db_utils
-from django.test import AsyncClient
 
 from chat.models import Message
 from tests import services
+from tests.sockets import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,20 +160,7 @@ def redis_layer(settings):
 
 
 async def _connect(user, conversation_id) -> WebsocketCommunicator:
-    from project.asgi import application
-
-    client = AsyncClient()
-    await client.aforce_login(user)
-    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    comm = WebsocketCommunicator(
-        application,
-        f"/ws/chat/{conversation_id}/",
-        headers=[(b"origin", b"http://localhost"), (b"host", b"localhost"), (b"cookie", cookie)],
-    )
-    connected, _ = await comm.connect()
-    assert connected
-    assert json.loads(await comm.receive_from(10))["type"] == "snapshot"
-    return comm
+    return await connect(user, conversation_id, wait_presence=False)
 
 
 async def _drain(comm: WebsocketCommunicator) -> None:

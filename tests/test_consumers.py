@@ -6,13 +6,12 @@ import json
 from datetime import timedelta
 
 import pytest
-from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 from django.utils import timezone
 
 from chat import replay, services, sweeper
 from chat.models import Message
-from project.asgi import application
+from tests.sockets import connect, frames_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -26,39 +25,6 @@ def fast_simulator(settings):
     settings.SIMULATOR_TTFT_MS = 0
     settings.SIMULATOR_CHUNK_MS = 1
     settings.STREAM_FLUSH_MS = 20
-
-
-async def connect(
-    user, conversation_id, client: AsyncClient | None = None, *, expect_snapshot: bool = True
-) -> WebsocketCommunicator:
-    if client is None:
-        client = AsyncClient()
-        await client.aforce_login(user)
-    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    comm = WebsocketCommunicator(
-        application,
-        f"/ws/chat/{conversation_id}/",
-        headers=[(b"origin", b"http://localhost"), (b"host", b"localhost"), (b"cookie", cookie)],
-    )
-    connected, _ = await comm.connect()
-    assert connected
-    if not expect_snapshot:
-        return comm
-    snapshot = json.loads(await comm.receive_from())
-    assert snapshot["type"] == "snapshot"
-    comm.snapshot = snapshot
-    # Our own join is announced to everyone, us included.
-    await frames_until(comm, lambda f: f["type"] == "presence")
-    return comm
-
-
-async def frames_until(comm: WebsocketCommunicator, predicate, timeout: float = 10) -> list[dict]:
-    seen = []
-    while True:
-        frame = json.loads(await comm.receive_from(timeout))
-        seen.append(frame)
-        if predicate(frame):
-            return seen
 
 
 def done_of(message_id: str):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from chat import protocol
 from chat.exceptions import ChatError
 from chat.models import Message
-from tests.test_consumers import connect, frames_until
+from tests.sockets import connect, frames_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from chat.limits import TokenBucket
 from chat.models import Message, TokenUsage
-from tests.test_consumers import connect, frames_until
+from tests.sockets import connect, frames_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

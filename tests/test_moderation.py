@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from chat import moderation, services
 from chat.models import Message, ModerationCase, ModerationEvent, Role
-from project.asgi import application
+from tests.sockets import connect as open_socket
+from tests.sockets import frames_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -81,28 +82,8 @@ def answer(conversation, text: str = "an answer", status: str = "complete") -> M
 
 
 async def connect(user, conversation_id) -> WebsocketCommunicator:
-    client = AsyncClient()
-    await client.aforce_login(user)
-    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    comm = WebsocketCommunicator(
-        application,
-        f"/ws/chat/{conversation_id}/",
-        headers=[(b"origin", b"http://localhost"), (b"host", b"localhost"), (b"cookie", cookie)],
-    )
-    connected, _ = await comm.connect()
-    assert connected
-    comm.snapshot = json.loads(await comm.receive_from())
-    assert comm.snapshot["type"] == "snapshot"
-    return comm
-
-
-async def frames_until(comm: WebsocketCommunicator, predicate, timeout: float = 10) -> list[dict]:
-    seen = []
-    while True:
-        frame = json.loads(await comm.receive_from(timeout))
-        seen.append(frame)
-        if predicate(frame):
-            return seen
+    # These tests read every frame after the snapshot, presence included.
+    return await open_socket(user, conversation_id, wait_presence=False)
 
 
 async def ask(comm: WebsocketCommunicator, content: str) -> dict:

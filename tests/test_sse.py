@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
 from django.test import AsyncClient
 
-from chat import fanout, replay, services
-from chat.models import Message, Role
+from chat import fanout, replay
+from chat.models import Message
 from tests.live import Session
 
 
@@ -311,13 +311,6 @@ def users(django_user_model):
         name: django_user_model.objects.create_user(name, password="x")
         for name in ("alice", "bob", "carol")
     }
-
-
-@pytest.fixture
-def conversation(users):
-    conv = services.conversation_create(owner=users["alice"], title="t")
-    services.member_set(conversation=conv, actor=users["alice"], username="bob", role=Role.MEMBER)
-    return conv
 
 
 @pytest.fixture
