@@ -9,6 +9,8 @@ import uuid
 from typing import Any
 
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from django.conf import settings
 
 from chat import protocol
 
@@ -56,19 +58,40 @@ async def publish_frame(conversation_id: uuid.UUID | str, frame: dict[str, Any])
     return await publish(conversation_id, {"type": "chat.frame", "text": protocol.dumps(frame)})
 
 
+def delta_event(message_id: str, seq: int, text: str) -> dict[str, Any]:
+    """The group event of one coalesced delta; `seq` lets consumers drop what a
+    snapshot held, and `text` is the frame's JSON, built once for every viewer."""
+    return {
+        "type": "chat.delta",
+        "message_id": message_id,
+        "seq": seq,
+        "text": protocol.delta_frame_text(message_id, seq, text),
+    }
+
+
 async def publish_delta(
     conversation_id: uuid.UUID | str, message_id: str, seq: int, text: str
 ) -> bool:
-    """Broadcast one coalesced delta; `seq` lets consumers drop what a snapshot held."""
-    return await publish(
-        conversation_id,
-        {
-            "type": "chat.delta",
-            "message_id": message_id,
-            "seq": seq,
-            "text": protocol.delta_frame_text(message_id, seq, text),
-        },
-    )
+    """Broadcast one coalesced delta through the layer."""
+    return await publish(conversation_id, delta_event(message_id, seq, text))
+
+
+def pubsub_message(
+    conversation_id: uuid.UUID | str, event: dict[str, Any]
+) -> tuple[str, bytes] | None:
+    """The Redis channel and payload the pub/sub layer would PUBLISH for this event, so
+    the relay can send it in the same round trip as its replay-log append (DESIGN:
+    "XADD per flush in the same round trip as the publish"). None when the layer is not
+    `RedisPubSubChannelLayer` on the one Redis of `REDIS_URL`: then use `publish`.
+    """
+    layer = get_channel_layer()
+    if not isinstance(layer, RedisPubSubChannelLayer) or not settings.REDIS_URL:
+        return None
+    loop_layer = layer._get_layer()  # the layer's naming is private: pinned in the lock
+    if len(loop_layer._shards) != 1:
+        return None
+    channel = loop_layer._get_group_channel_name(conversation_group(conversation_id))
+    return channel, layer.serialize(event)
 
 
 async def request_cancel(message_id: uuid.UUID | str) -> bool:

@@ -16,6 +16,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import fanout, logs, metrics, moderation, protocol, replay, services
+from chat.relay import Relay
 from chat.streaming import INTERRUPTED, StreamOutcome, StreamRequest, StreamRunner
 from chat.upstream import get_client
 
@@ -78,7 +79,7 @@ class Registry:
         runner = StreamRunner(
             get_client(),
             job.request,
-            publish=Relay(job),
+            publish=Relay(job.conversation_id, job.message_id),
             checkpoint=lambda text, seq: database_sync_to_async(services.message_checkpoint)(
                 message_id=job.message_id, content=text, seq=seq
             ),
@@ -100,38 +101,6 @@ class Registry:
             listener.cancel()
             self._runners.pop(key, None)
         await _store(job, outcome)
-
-
-class Relay:
-    """Publishes a generation's deltas: to the replay log first, then to the group.
-
-    Log first: a viewer that read the log before this append is already in the group
-    and gets the delta live; one that read after has it in its snapshot. If an append
-    fails (Redis outage), the log is rewritten whole at the next flush that can reach
-    Redis, so it never holds a text with a hole in it.
-    """
-
-    def __init__(self, job: Job) -> None:
-        self._job = job
-        self._message_id = str(job.message_id)
-        self._texts: list[str] = []
-        self._log_intact = True
-
-    async def __call__(self, seq: int, text: str) -> None:
-        self._texts.append(text)
-        try:
-            if self._log_intact:
-                await replay.append(self._message_id, seq, text)
-            else:
-                await replay.rewrite(self._message_id, self._texts)
-                self._log_intact = True
-                log.info("replay log of %s rebuilt up to seq %s", self._message_id, seq)
-        except Exception as exc:
-            self._log_intact = False
-            log.warning("replay log append failed for %s seq %s: %r", self._message_id, seq, exc)
-        metrics.deltas_published.inc()
-        if not await fanout.publish_delta(self._job.conversation_id, self._message_id, seq, text):
-            metrics.layer_drops.inc()
 
 
 async def _listen_for_cancel(message_id: uuid.UUID, runner: StreamRunner) -> None:

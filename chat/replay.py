@@ -33,14 +33,27 @@ def _stream_key(message_id: str) -> str:
     return key("log", message_id)
 
 
-async def append(message_id: str, seq: int, text: str) -> None:
-    """Record delta `seq` (the caller publishes deltas in order, one at a time)."""
+# A Redis PUBLISH to send right after a log write, in the same round trip: (channel, payload).
+Publication = tuple[str, bytes]
+
+
+async def append(
+    message_id: str, seq: int, text: str, *, then_publish: Publication | None = None
+) -> None:
+    """Record delta `seq` (the caller appends deltas in order, one at a time), then
+    PUBLISH `then_publish` if given: one round trip, and Redis runs the commands in
+    order, so a viewer that sees the delta live could also have read it from the log."""
     if not redis_enabled():
         _memory_logs.setdefault(message_id, []).append(text)
         return
     pipe = get_redis().pipeline(transaction=False)
     pipe.xadd(_stream_key(message_id), {"s": seq, "t": text})
-    pipe.expire(_stream_key(message_id), RUNNING_TTL_S)
+    if seq == 1:
+        # Set once: a stream lasts minutes at most, far less than the TTL, and `finish`
+        # shortens it. Every flush would otherwise pay for an EXPIRE.
+        pipe.expire(_stream_key(message_id), RUNNING_TTL_S)
+    if then_publish is not None:
+        pipe.publish(*then_publish)
     await pipe.execute()
 
 
@@ -59,8 +72,11 @@ async def read(message_id: str) -> LogState | None:
     return LogState("".join(texts), len(entries))
 
 
-async def rewrite(message_id: str, texts: list[str]) -> None:
-    """Replace the log with deltas 1..len(texts) (after appends were lost)."""
+async def rewrite(
+    message_id: str, texts: list[str], *, then_publish: Publication | None = None
+) -> None:
+    """Replace the log with deltas 1..len(texts) (after appends were lost), then
+    PUBLISH `then_publish` if given, all in one transaction."""
     if not redis_enabled():
         _memory_logs[message_id] = list(texts)
         return
@@ -69,6 +85,8 @@ async def rewrite(message_id: str, texts: list[str]) -> None:
     for seq, text in enumerate(texts, start=1):
         pipe.xadd(_stream_key(message_id), {"s": seq, "t": text})
     pipe.expire(_stream_key(message_id), RUNNING_TTL_S)
+    if then_publish is not None:
+        pipe.publish(*then_publish)
     await pipe.execute()
 
 

@@ -32,12 +32,14 @@ from tests.sockets import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# XADD + EXPIRE (the replay log, one pipeline) and PUBLISH (the delta to the group).
-PER_FLUSH_COMMANDS = {"XADD": 1, "EXPIRE": 1, "PUBLISH": 1}
+# XADD (the replay log) and PUBLISH (the delta to the group), sent in one pipeline.
+PER_FLUSH_COMMANDS = {"XADD": 1, "PUBLISH": 1}
+PER_FLUSH_ROUND_TRIPS = 1
 # Per generation, besides its flushes: the cancel listener subscribes to its own channel
 # and to the generation's group and unsubscribes both; the user message, the placeholder
-# and `done` are published; the replay log gets its final EXPIRE.
-PER_GENERATION_COMMANDS = {"SUBSCRIBE": 2, "UNSUBSCRIBE": 2, "PUBLISH": 3, "EXPIRE": 1}
+# and `done` are published; the replay log gets its TTL at its first append and a short
+# one at the end.
+PER_GENERATION_COMMANDS = {"SUBSCRIBE": 2, "UNSUBSCRIBE": 2, "PUBLISH": 3, "EXPIRE": 2}
 # Per answered prompt, whatever its length: the prompt (user message, placeholder, token
 # reservation, conversation's updated_at), the answer (final state, usage settled) and
 # its moderation (case opened, attempt counted, verdict stored, visibility refreshed).
@@ -128,6 +130,23 @@ def sql_writes(monkeypatch):
 
 
 @pytest.fixture
+def round_trips(monkeypatch):
+    """Commands sent to Redis in one write (a pipeline is one), by what they carry."""
+    from redis.asyncio import connection
+
+    sent: list[bytes] = []
+    original = connection.Connection.send_packed_command
+
+    async def counting(self, command, check_health=True):
+        parts = [command] if isinstance(command, bytes | str) else list(command)
+        sent.append(b"".join(p.encode() if isinstance(p, str) else bytes(p) for p in parts))
+        return await original(self, command, check_health)
+
+    monkeypatch.setattr(connection.Connection, "send_packed_command", counting)
+    return sent
+
+
+@pytest.fixture
 def redis_layer(settings):
     """This test's own Redis database number and key prefix, pub/sub layer."""
     services.require("redis")
@@ -191,7 +210,7 @@ async def _answer(asker, viewers, prompt: str) -> int:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(60)
 async def test_redis_commands_per_flush_and_db_writes_per_message(
-    users, conversation, redis_layer, sql_writes
+    users, conversation, redis_layer, sql_writes, round_trips
 ):
     from chat import services as chat_services
     from chat.models import Role
@@ -223,12 +242,17 @@ async def test_redis_commands_per_flush_and_db_writes_per_message(
                 await _drain(comm)
             del sql_writes[:]
             monitor.mark(url)
+            del round_trips[:]
             seq = await _answer(asker, viewers, prompt)
             commands = RedisMonitor.count(monitor.mark(url))
-            runs.append((label, seq, commands, list(sql_writes)))
+            xadds = [w for w in round_trips if b"XADD" in w and prefix.encode() in w]
+            runs.append((label, seq, commands, list(sql_writes), xadds))
 
     report = []
-    for label, seq, commands, writes in runs:
+    for label, seq, commands, writes, xadds in runs:
+        # Each flush is one write to Redis carrying its XADD and its PUBLISH together.
+        assert len(xadds) == seq * PER_FLUSH_ROUND_TRIPS, (label, seq, len(xadds))
+        assert all(w.count(b"XADD") == 1 and b"PUBLISH" in w for w in xadds), (label, xadds[:2])
         per_generation = {
             k: v - seq * PER_FLUSH_COMMANDS.get(k, 0)
             for k, v in commands.items()

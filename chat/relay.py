@@ -1,0 +1,48 @@
+"""Publishes a generation's deltas: to the replay log first, then to the viewers.
+
+Log first: a viewer that read the log before this append is already in the group and
+gets the delta live; one that read after has it in its snapshot. On the Redis pub/sub
+layer both commands go in one pipeline, so a flush costs one round trip (XADD, PUBLISH).
+If the write fails (Redis outage), the delta still goes out through the layer, which
+retries once on a fresh connection, and the log is rewritten whole at the next flush
+that reaches Redis, so it never holds a text with a hole in it.
+"""
+
+import logging
+import uuid
+
+from chat import fanout, metrics, replay
+
+log = logging.getLogger(__name__)
+
+
+class Relay:
+    """The `publish` callback of one generation's stream runner."""
+
+    def __init__(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
+        self._conversation_id = conversation_id
+        self._message_id = str(message_id)
+        self._texts: list[str] = []
+        self._log_intact = True
+
+    async def __call__(self, seq: int, text: str) -> None:
+        self._texts.append(text)
+        event = fanout.delta_event(self._message_id, seq, text)
+        publication = fanout.pubsub_message(self._conversation_id, event)
+        published = False
+        try:
+            if self._log_intact:
+                await replay.append(self._message_id, seq, text, then_publish=publication)
+            else:
+                await replay.rewrite(self._message_id, self._texts, then_publish=publication)
+                self._log_intact = True
+                log.info("replay log of %s rebuilt up to seq %s", self._message_id, seq)
+            published = publication is not None
+        except Exception as exc:
+            # The PUBLISH may have gone out before the failure: consumers drop a delta
+            # whose seq they have already shown, so sending it again below is safe.
+            self._log_intact = False
+            log.warning("replay log append failed for %s seq %s: %r", self._message_id, seq, exc)
+        metrics.deltas_published.inc()
+        if not published and not await fanout.publish(self._conversation_id, event):
+            metrics.layer_drops.inc()
