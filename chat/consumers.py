@@ -258,13 +258,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _current_membership(self) -> Membership | None:
         """Re-check, for every action, what connect checked: roles change, members are
         removed, accounts are deactivated and sessions end while sockets stay open."""
-        session = self.scope.get("session")
-        if session is not None and not await session.aexists(session.session_key):
+        signed_in, self.membership = await db(selectors.frame_access)(
+            session=self.scope.get("session"), conversation_id=self.conversation_id, user=self.user
+        )
+        if not signed_in:
             await self._refuse(CLOSE_NOT_SIGNED_IN, "session ended")
             return None
-        self.membership = await db(selectors.membership_get)(
-            conversation_id=self.conversation_id, user=self.user
-        )
         if self.membership is None:
             await self._refuse(CLOSE_NOT_MEMBER, "no longer a member")
         return self.membership

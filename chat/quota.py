@@ -10,7 +10,7 @@ from datetime import UTC, datetime, time, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Q, Sum
+from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -22,28 +22,35 @@ def _next_reset(now: datetime) -> datetime:
     return datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time(), tzinfo=UTC)
 
 
+def _usage_now(*, user: AbstractBaseUser) -> tuple[int, int]:
+    """(answers still generating, tokens spent today): used today plus what answers
+    still generating hold. One query, as it is on the path of every prompt."""
+    today = timezone.now().astimezone(UTC).date()
+    totals = TokenUsage.objects.filter(Q(settled=False) | Q(day=today), user_id=user.pk).aggregate(
+        running=Count("pk", filter=Q(settled=False)),
+        used=Coalesce(Sum("used", filter=Q(settled=True, day=today)), 0),
+        held=Coalesce(Sum("reserved", filter=Q(settled=False, day=today)), 0),
+    )
+    return totals["running"], totals["used"] + totals["held"]
+
+
 def spent_today(*, user: AbstractBaseUser) -> int:
     """Tokens used today plus those held by answers still generating."""
-    today = timezone.now().astimezone(UTC).date()
-    totals = TokenUsage.objects.filter(user_id=user.pk, day=today).aggregate(
-        used=Coalesce(Sum("used", filter=Q(settled=True)), 0),
-        held=Coalesce(Sum("reserved", filter=Q(settled=False)), 0),
-    )
-    return totals["used"] + totals["held"]
+    return _usage_now(user=user)[1]
 
 
 def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> TokenUsage:
     """Hold `need` tokens for `message`, or raise the limit it would break."""
     # Serialize one user's reservations: two prompts racing cannot both fit the last
     # tokens of the day (a row lock on PostgreSQL; SQLite serializes writers anyway).
-    get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-    running = TokenUsage.objects.filter(user_id=user.pk, settled=False).count()
+    get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").first()
+    running, spent = _usage_now(user=user)
     if running >= settings.MAX_GENERATIONS_PER_USER:
         raise TooManyGenerations(
             f"At most {settings.MAX_GENERATIONS_PER_USER} answers may generate at once."
         )
     quota = settings.DAILY_TOKEN_QUOTA
-    if quota and spent_today(user=user) + need > quota:
+    if quota and spent + need > quota:
         now = timezone.now()
         reset = _next_reset(now)
         raise QuotaExceeded(

@@ -3,6 +3,7 @@
 import uuid
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.sessions.backends.base import SessionBase
 from django.db.models import QuerySet
 
 from chat.models import Conversation, Membership, Message
@@ -18,6 +19,16 @@ def membership_get(
         .filter(conversation_id=conversation_id, user_id=user.pk, user__is_active=True)
         .first()
     )
+
+
+def frame_access(
+    *, session: SessionBase | None, conversation_id: uuid.UUID | str, user: AbstractBaseUser
+) -> tuple[bool, Membership | None]:
+    """(session still valid, membership or None): what every client frame re-checks,
+    in one call so a frame costs one thread hop, not two."""
+    if session is not None and not session.exists(session.session_key):
+        return False, None
+    return True, membership_get(conversation_id=conversation_id, user=user)
 
 
 def conversation_exists(*, conversation_id: uuid.UUID | str) -> bool:

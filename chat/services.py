@@ -146,12 +146,16 @@ def prompt_submit(
     """Store a prompt and its streaming placeholder, or return the earlier pair for a
     retried `client_msg_id`. The database's unique constraints, not these checks, are
     what make two racing processes safe; the checks only give the common case a clear
-    answer without a failed insert."""
-    if client_msg_id:
-        earlier = _earlier_submission(conversation_id, client_msg_id)
-        if earlier is not None:
+    answer. A retried send is found by its failed insert, not looked up beforehand:
+    retries are rare and every prompt would pay for the lookup."""
+    try:
+        _check_prompt_rate(user=user)
+    except RateLimited:
+        # A retry of a prompt already stored is not a new prompt: give it back.
+        earlier = client_msg_id and _earlier_submission(conversation_id, client_msg_id)
+        if earlier:
             return earlier
-    _check_prompt_rate(user=user)
+        raise
     try:
         with transaction.atomic():
             prompt = Message.objects.create(
