@@ -838,7 +838,7 @@ class Bench:
                 "-p",
                 str(proc.pid),
                 "-r",
-                "50",
+                "200",
                 "-f",
                 "raw",
                 "-o",

@@ -7,6 +7,9 @@ measuring this process's CPU time per content chunk:
 - `create`: `client.chat.completions.create(stream=True)`, what chat/streaming.py does;
 - `post`: the same client, `client.post(..., cast_to=object, stream=True)`: request,
   retries, SSE decoding and error events by the SDK, chunks left as dicts;
+- `post-aiohttp`: `post` on a client whose HTTP transport is aiohttp
+  (`openai.DefaultAioHttpClient`, the SDK's `openai[aiohttp]` extra): what
+  chat/streaming.py does with chat/upstream.py's client;
 - `httpx2`: a bare httpx2 request, lines split and `json.loads`-ed by hand (a floor).
 """
 
@@ -34,6 +37,12 @@ async def measure(base_url: str, streams: int, words: int) -> dict[str, float]:
     import openai
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
+    aio_client = openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key="sk-bench",
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+    )
     raw = httpx2.AsyncClient(timeout=60)
 
     def body(kind: str) -> dict:
@@ -54,7 +63,7 @@ async def measure(base_url: str, streams: int, words: int) -> dict[str, float]:
                 n += 1
         return n
 
-    async def via_post() -> int:
+    async def via_post(client: openai.AsyncOpenAI = client) -> int:
         stream = await client.post(
             "/chat/completions",
             body=body("post"),
@@ -81,7 +90,17 @@ async def measure(base_url: str, streams: int, words: int) -> dict[str, float]:
 
     proc = psutil.Process()
     out = {}
-    for name, fn in (("create", via_create), ("post", via_post), ("httpx2", via_httpx2)):
+
+    async def via_post_aiohttp() -> int:
+        return await via_post(aio_client)
+
+    variants = (
+        ("create", via_create),
+        ("post", via_post),
+        ("post-aiohttp", via_post_aiohttp),
+        ("httpx2", via_httpx2),
+    )
+    for name, fn in variants:
         await fn()  # warm up
         cpu0, t0 = sum(proc.cpu_times()[:2]), time.time()
         chunks = sum(await asyncio.gather(*(fn() for _ in range(streams))))
@@ -92,6 +111,7 @@ async def measure(base_url: str, streams: int, words: int) -> dict[str, float]:
             "cpu_percent": round(100 * cpu / (time.time() - t0), 1),
         }
     await client.close()
+    await aio_client.close()
     await raw.aclose()
     return out
 

@@ -12,6 +12,8 @@ import logging
 
 from django.conf import settings
 
+from chat import upstream
+
 log = logging.getLogger(__name__)
 
 CLOSE_SERVICE_RESTART = 1012
@@ -38,4 +40,5 @@ async def drain() -> None:
     )
     await registry.wait_idle(settings.DRAIN_S)
     await registry.shutdown()
+    await upstream.close_client()
     log.info("drained")

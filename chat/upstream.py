@@ -37,6 +37,11 @@ def build_client() -> openai.AsyncOpenAI:
             http_client=openai.DefaultAsyncHttpxClient(transport=transport),
             **common,
         )
+    if settings.OPENAI_HTTP_TRANSPORT == "aiohttp":
+        # The SDK's own aiohttp transport (`openai[aiohttp]`): its C parser reads a
+        # streamed chunk for about half the CPU of httpx2's pure-Python stack
+        # (bench/upstream_cost.py), and a server reads tens of chunks a second per answer.
+        common["http_client"] = openai.DefaultAioHttpClient()
     # vLLM, Ollama and llama.cpp accept any key; the SDK insists on a non-empty one.
     return openai.AsyncOpenAI(
         api_key=settings.OPENAI_API_KEY or "not-needed",
@@ -52,6 +57,17 @@ def get_client() -> openai.AsyncOpenAI:
     if client is None:
         client = _clients[loop] = build_client()
     return client
+
+
+async def close_client() -> None:
+    """Close the running loop's client (its HTTP sessions) on shutdown; aiohttp
+    complains about a session left open when the process exits."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        try:
+            await client.close()
+        except Exception:
+            log.debug("closing the upstream client failed", exc_info=True)
 
 
 def describe_upstream() -> str:

@@ -166,6 +166,11 @@ OPENAI_BASE_URL = env_str("OPENAI_BASE_URL")
 OPENAI_MODEL = env_str("OPENAI_MODEL", "gpt-4o-mini")
 OPENAI_TIMEOUT_S = env_float("OPENAI_TIMEOUT_S", 60.0)
 OPENAI_MAX_RETRIES = env_int("OPENAI_MAX_RETRIES", 2)
+# The HTTP stack under the SDK for a real upstream: "aiohttp" (the SDK's aiohttp extra,
+# cheaper per streamed chunk) or "httpx" (the SDK's default). The simulator is in-process.
+OPENAI_HTTP_TRANSPORT = env_str("OPENAI_HTTP_TRANSPORT", "aiohttp")
+if OPENAI_HTTP_TRANSPORT not in ("aiohttp", "httpx"):
+    raise ImproperlyConfigured("OPENAI_HTTP_TRANSPORT must be 'aiohttp' or 'httpx'.")
 MODERATION_MODEL = env_str("MODERATION_MODEL", "omni-moderation-latest")
 USE_SIMULATOR = not OPENAI_API_KEY and not OPENAI_BASE_URL
 SIMULATOR_CHUNK_MS = env_float("SIMULATOR_CHUNK_MS", 15.0)

@@ -1,14 +1,59 @@
-"""The stream runner alone: the real openai client on the in-process simulator, a
-recording publisher instead of Channels, no database."""
+"""The stream runner alone: the real openai client, a recording publisher instead of
+Channels, no database. Every test runs on both HTTP stacks the server uses: httpx2 with
+the in-process simulator (the embedded default), and aiohttp, the client
+`chat.upstream.build_client` makes for a real upstream, over TCP to the simulator
+process; the two raise different errors for the same fault."""
 
 import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
+import openai
 import pytest
 
 from chat.simulator import SimSettings, simulator_client, tokenize
 from chat.streaming import StreamRequest, StreamRunner
+from chat.upstream import build_client
+from tests.live import start_simulator
 
 pytestmark = pytest.mark.timeout(30)
+
+MakeClient = Callable[..., openai.AsyncOpenAI]
+
+
+@pytest.fixture(scope="module")
+def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    sim, url = start_simulator(Path(tmp_path_factory.mktemp("sim")), chunk_ms=1, ttft_ms=0)
+    try:
+        yield url
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(params=["httpx2-in-process", "aiohttp-over-tcp"])
+async def make_client(request, settings) -> AsyncIterator[MakeClient]:
+    """`make_client(max_retries=0)`: a client of the upstream under test."""
+    made: list[openai.AsyncOpenAI] = []
+
+    def make(max_retries: int = 0, chunk_ms: float = 1) -> openai.AsyncOpenAI:
+        if request.param == "httpx2-in-process":
+            client = simulator_client(
+                SimSettings(chunk_ms=chunk_ms, ttft_ms=0), max_retries=max_retries
+            )
+        else:
+            settings.USE_SIMULATOR = False
+            settings.OPENAI_BASE_URL = request.getfixturevalue("simulator_url")
+            settings.OPENAI_API_KEY = "sk-test"
+            settings.OPENAI_MAX_RETRIES = max_retries
+            settings.OPENAI_HTTP_TRANSPORT = "aiohttp"
+            client = build_client()
+            assert "Aiohttp" in type(client._client._transport).__name__
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
 
 
 def count_to(n: int) -> str:
@@ -34,9 +79,14 @@ class Recorder:
 
 
 def runner_for(
-    prompt: str, recorder: Recorder, *, flush_s: float = 0.03, idle_timeout_s: float = 10
+    make_client: MakeClient,
+    prompt: str,
+    recorder: Recorder,
+    *,
+    flush_s: float = 0.03,
+    idle_timeout_s: float = 10,
 ):
-    client = simulator_client(SimSettings(chunk_ms=1, ttft_ms=0), max_retries=0)
+    client = make_client()
     request = StreamRequest(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
     return StreamRunner(
         client,
@@ -49,9 +99,9 @@ def runner_for(
     )
 
 
-async def test_complete_stream_is_relayed_whole_in_coalesced_numbered_deltas():
+async def test_complete_stream_is_relayed_whole_in_coalesced_numbered_deltas(make_client):
     recorder = Recorder()
-    outcome = await runner_for("Count to 300", recorder).run()
+    outcome = await runner_for(make_client, "Count to 300", recorder).run()
     expected = count_to(300)
     assert outcome.status == "complete"
     assert outcome.content == expected == recorder.text
@@ -64,18 +114,20 @@ async def test_complete_stream_is_relayed_whole_in_coalesced_numbered_deltas():
     assert outcome.ttft_ms is not None
 
 
-async def test_without_a_flush_window_every_chunk_is_its_own_delta():
+async def test_without_a_flush_window_every_chunk_is_its_own_delta(make_client):
     recorder = Recorder()
-    outcome = await runner_for("Count to 20 [[sim chunk_ms=20]]", recorder, flush_s=0).run()
+    outcome = await runner_for(
+        make_client, "Count to 20 [[sim chunk_ms=20]]", recorder, flush_s=0
+    ).run()
     assert outcome.content == count_to(20)
     # The first delta is never held back, and a slow upstream is relayed piece by piece.
     assert recorder.deltas[0] == (1, "1")
     assert len(recorder.deltas) > len(tokenize(count_to(20))) / 2
 
 
-async def test_checkpoints_hold_exactly_the_deltas_up_to_their_seq():
+async def test_checkpoints_hold_exactly_the_deltas_up_to_their_seq(make_client):
     recorder = Recorder()
-    await runner_for("Count to 400 [[sim chunk_ms=1]]", recorder).run()
+    await runner_for(make_client, "Count to 400 [[sim chunk_ms=1]]", recorder).run()
     assert recorder.checkpoints, "a 1 s stream with 50 ms checkpoints saved nothing"
     for text, seq in recorder.checkpoints:
         assert text == "".join(t for _, t in recorder.deltas[:seq])
@@ -85,9 +137,9 @@ async def test_checkpoints_hold_exactly_the_deltas_up_to_their_seq():
     "directive",
     ["keepalive=1", "role_chunk=bare", "role_chunk=none", "usage=off", "stream_options=reject"],
 )
-async def test_what_openai_compatible_servers_may_send_is_accepted(directive):
+async def test_what_openai_compatible_servers_may_send_is_accepted(make_client, directive):
     recorder = Recorder()
-    outcome = await runner_for(f"Count to 30 [[sim {directive}]]", recorder).run()
+    outcome = await runner_for(make_client, f"Count to 30 [[sim {directive}]]", recorder).run()
     assert outcome.status == "complete"
     assert outcome.content == count_to(30) == recorder.text
     assert outcome.usage is not None
@@ -107,9 +159,9 @@ async def test_what_openai_compatible_servers_may_send_is_accepted(directive):
         ("finish=content_filter", "content_filtered", count_to(10)),
     ],
 )
-async def test_failures_keep_the_partial_text_and_say_why(directive, code, content):
+async def test_failures_keep_the_partial_text_and_say_why(make_client, directive, code, content):
     recorder = Recorder()
-    outcome = await runner_for(f"Count to 10 [[sim {directive}]]", recorder).run()
+    outcome = await runner_for(make_client, f"Count to 10 [[sim {directive}]]", recorder).run()
     assert outcome.status == "failed"
     assert outcome.error is not None and outcome.error.code == code
     assert outcome.content == content == recorder.text
@@ -119,16 +171,21 @@ async def test_failures_keep_the_partial_text_and_say_why(directive, code, conte
         assert outcome.usage is not None and outcome.usage.estimated
 
 
-async def test_a_mid_stream_drop_is_reported_as_a_drop_not_as_unreachable():
-    outcome = await runner_for("Count to 10 [[sim fault=drop_after n=3]]", Recorder()).run()
+async def test_a_mid_stream_drop_is_reported_as_a_drop_not_as_unreachable(make_client):
+    outcome = await runner_for(
+        make_client, "Count to 10 [[sim fault=drop_after n=3]]", Recorder()
+    ).run()
     assert outcome.error.detail == "The connection to the model dropped."
 
 
 @pytest.mark.parametrize("keepalive", ["", "keepalive=1"])
-async def test_a_stalled_upstream_times_out_with_the_text_so_far(keepalive):
+async def test_a_stalled_upstream_times_out_with_the_text_so_far(make_client, keepalive):
     recorder = Recorder()
     runner = runner_for(
-        f"Count to 10 [[sim fault=stall_after n=4 {keepalive}]]", recorder, idle_timeout_s=0.5
+        make_client,
+        f"Count to 10 [[sim fault=stall_after n=4 {keepalive}]]",
+        recorder,
+        idle_timeout_s=0.5,
     )
     outcome = await runner.run()
     assert outcome.status == "failed"
@@ -136,15 +193,15 @@ async def test_a_stalled_upstream_times_out_with_the_text_so_far(keepalive):
     assert outcome.content == "1, 2"
 
 
-async def test_length_finish_is_complete_and_says_so():
-    outcome = await runner_for("Count to 10 [[sim finish=length]]", Recorder()).run()
+async def test_length_finish_is_complete_and_says_so(make_client):
+    outcome = await runner_for(make_client, "Count to 10 [[sim finish=length]]", Recorder()).run()
     assert outcome.status == "complete"
     assert outcome.finish_reason == "length"
 
 
-async def test_retry_before_the_first_token_succeeds_once_upstream_recovers():
+async def test_retry_before_the_first_token_succeeds_once_upstream_recovers(make_client):
     recorder = Recorder()
-    client = simulator_client(SimSettings(chunk_ms=0, ttft_ms=0), max_retries=1)
+    client = make_client(max_retries=1, chunk_ms=0)
     request = StreamRequest(
         model="m",
         messages=[{"role": "user", "content": "Count to 5 [[sim fault=http_500 times=1]]"}],
@@ -155,9 +212,9 @@ async def test_retry_before_the_first_token_succeeds_once_upstream_recovers():
 
 
 @pytest.mark.parametrize("reason", ["cancelled", "interrupted"])
-async def test_stop_ends_at_once_with_the_text_relayed_so_far(reason):
+async def test_stop_ends_at_once_with_the_text_relayed_so_far(make_client, reason):
     recorder = Recorder()
-    runner = runner_for("Count to 5000 [[sim chunk_ms=2]]", recorder)
+    runner = runner_for(make_client, "Count to 5000 [[sim chunk_ms=2]]", recorder)
     task = asyncio.create_task(runner.run())
     while len(recorder.deltas) < 3:  # noqa: ASYNC110 - polls what the runner records
         await asyncio.sleep(0.01)
@@ -170,11 +227,11 @@ async def test_stop_ends_at_once_with_the_text_relayed_so_far(reason):
     assert outcome.error is None
 
 
-async def test_a_failing_publisher_does_not_lose_the_text():
+async def test_a_failing_publisher_does_not_lose_the_text(make_client):
     async def broken(seq: int, text: str) -> None:
         raise ConnectionError("layer down")
 
-    client = simulator_client(SimSettings(chunk_ms=0, ttft_ms=0))
+    client = make_client(chunk_ms=0)
     request = StreamRequest(model="m", messages=[{"role": "user", "content": "Count to 50"}])
     outcome = await StreamRunner(client, request, publish=broken).run()
     assert outcome.status == "complete"
