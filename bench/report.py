@@ -33,8 +33,6 @@ def write_plots(results: dict[str, Any], out_dir: Path, prefix: str = "") -> lis
     two = (results.get("scale_out") or {}).get("two_server_steps", [])
     w = results.get("default_flush_ms", 30)
     title = f"{results['machine']['cores']} cores, {results['machine']['cpu']}"
-    if results.get("patches"):
-        title += f"; patches: {results['patches']}"
 
     # Latency against offered load (streams x viewers: token streams being watched).
     fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -420,7 +420,6 @@ class Bench:
     rng: random.Random = field(default_factory=lambda: random.Random(1))
     step_counter: int = 0
     profile: bool = False
-    patches: str = ""
     quiet_wait_s: float = 0.0
     quiet_percent: float = 50.0
 
@@ -517,20 +516,9 @@ class Bench:
         return self.servers
 
     def start_server(self, **extra_env: str) -> Server:
-        """daphne as tests/live.py starts it; through bench/serve.py when patches are on."""
+        """daphne as tests/live.py starts it."""
         assert self.deployment
-        if not self.patches:
-            return self.deployment.start_server(**extra_env)
-        port = free_port()
-        env = {**self.deployment.env, **extra_env, "BENCH_PATCHES": self.patches}
-        args = ["-b", "127.0.0.1", "-p", str(port), "project.asgi:application"]
-        proc = spawn(
-            [sys.executable, "-m", "bench.serve", *args],
-            env,
-            self.tmp / f"daphne-patched-{port}.log",
-        )
-        _wait_http(f"http://127.0.0.1:{port}/healthz", proc.proc, proc.log_path)
-        return Server(f"http://127.0.0.1:{port}", proc)
+        return self.deployment.start_server(**extra_env)
 
     def stop_servers(self) -> None:
         for s in self.servers:
@@ -1274,17 +1262,13 @@ async def run(
     out_dir: Path,
     write_plots: bool = True,
     profile: bool = False,
-    patches: str = "",
 ) -> dict[str, Any]:
     started = time.time()
     tmp = Path(os.environ.get("BENCH_TMP", "/tmp")) / f"livechat-bench-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True, exist_ok=True)
-    bench = Bench(
-        mode=mode, tmp=tmp, profile=profile, patches=patches, quiet_wait_s=mode.quiet_wait_s
-    )
+    bench = Bench(mode=mode, tmp=tmp, profile=profile, quiet_wait_s=mode.quiet_wait_s)
     results: dict[str, Any] = {
         "mode": mode.name,
-        "patches": patches or None,
         "command": " ".join(
             ["python", "-m", "bench.run"] + ([f"--{mode.name}"] if mode.name != "full" else [])
         ),
@@ -1373,10 +1357,9 @@ async def run(
     from bench import report
 
     if write_plots:
-        # The full run's plots are the report's: bench/*.png (proposed_*.png with patches).
-        official = mode.name == "full" and out_dir == RESULTS
-        if official or (mode.name == "full" and patches):
-            report.write_plots(results, ROOT / "bench", prefix="proposed_" if patches else "")
+        # The full run's plots are the report's: bench/*.png.
+        if mode.name == "full" and out_dir == RESULTS:
+            report.write_plots(results, ROOT / "bench")
         else:
             report.write_plots(results, out_dir)
     print(report.render(results), flush=True)
@@ -1580,12 +1563,6 @@ def main() -> None:
         "--profile", action="store_true", help="py-spy the (first) server during each step"
     )
     parser.add_argument(
-        "--patches",
-        default="",
-        help="run the servers with proposed fixes applied in-process (bench/serve.py), "
-        "e.g. dispatch,dbpool",
-    )
-    parser.add_argument(
         "--quiet-wait",
         type=float,
         help="seconds to wait at most for a quiet machine before each step",
@@ -1623,7 +1600,6 @@ def main() -> None:
             Path(args.out),
             write_plots=not args.no_plots,
             profile=args.profile,
-            patches=args.patches,
         )
     )
 

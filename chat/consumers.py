@@ -13,7 +13,6 @@ import uuid
 import weakref
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -30,6 +29,8 @@ from chat import (
     services,
     snapshots,
 )
+from chat.announcer import get_announcer
+from chat.db import db
 from chat.exceptions import (
     BadFrame,
     ChatError,
@@ -55,8 +56,6 @@ CLOSE_FLOOD = 4429
 # This process's open sockets, so a recovered Redis can have each resend a snapshot.
 _live_consumers: "weakref.WeakSet[ChatConsumer]" = weakref.WeakSet()
 
-db = database_sync_to_async
-
 
 try:  # what daphne (autobahn) raises when sending on a socket that has just closed
     from autobahn.exception import Disconnected as _Disconnected
@@ -72,6 +71,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     conversation_id: uuid.UUID
     membership: Membership | None = None
     joined = False
+    _held: list[dict[str, Any]] | None = None  # group events waiting for the first snapshot
 
     async def send(self, text_data=None, bytes_data=None, close=False) -> None:
         # A group event can be handled after the peer has gone but before the server's
@@ -120,10 +120,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await self.channel_layer.group_add(fanout.user_group(user.pk), self.channel_name)
             # Join the group before reading the snapshot, so no delta falls between them.
-            # Through the process's hub: one layer subscription per conversation.
+            # Through the process's hub: one layer subscription per conversation. What
+            # arrives before the snapshot is sent waits for it: the snapshot is the first
+            # frame after connect (protocol), and deltas it already holds are dropped.
+            self._held = []
             await get_hub().join(self.group, self)
             self.joined = True
             await self.send_snapshot()
+            while self._held:
+                await self.dispatch(self._held.pop(0))
+            self._held = None
         except Exception as exc:
             # The layer (Redis) is down: ask the client to come back rather than show
             # a view that would miss deltas.
@@ -134,7 +140,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         _live_consumers.add(self)
         try:
             await presence.join(str(self.conversation_id), self.channel_name, user.username)
-            await self._announce_presence()
+            await self._announce_presence(joined=True)
         except Exception as exc:
             log.warning("presence update failed: %r", exc)
 
@@ -306,9 +312,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=protocol.dumps(frame))
         metrics.frames_sent.inc()
 
-    async def _announce_presence(self) -> None:
-        viewers = await presence.viewers(str(self.conversation_id))
-        await fanout.publish_frame(self.conversation_id, {"type": "presence", "viewers": viewers})
+    async def _announce_presence(self, *, joined: bool = False) -> None:
+        announcer = get_announcer(_publish_presence, settings.PRESENCE_INTERVAL_MS / 1000)
+        if not await announcer.changed(str(self.conversation_id)) and joined:
+            # The broadcast waits for the end of the interval; a page that just joined
+            # shows who is here at once.
+            await self.send(text_data=await _presence_frame_text(str(self.conversation_id)))
 
     async def _send_error(self, error: ChatError, *, client_msg_id: str | None = None) -> None:
         await self.send(
@@ -319,13 +328,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def deliver(self, event: dict[str, Any]) -> None:
         """A conversation group event, from this process's hub."""
+        if self._held is not None:
+            self._held.append(event)  # connect has not sent the snapshot yet
+            return
         await self.dispatch(event)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs `aclose_old_connections()` before every handler: a thread hop
         # through the one thread-sensitive executor, per event and per socket, which
         # also queues every database call of the process behind it. Forwarding a frame
-        # touches no database (a resync snapshot goes through database_sync_to_async,
+        # touches no database (a resync snapshot goes through chat.db.db,
         # which closes old connections itself), so skip it on the hot path: at 10
         # viewers a socket it halved the server's CPU per delivery (bench/REPORT.md).
         kind = message.get("type")
@@ -385,6 +397,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         key = event.get("session_key")
         if key is None or (session is not None and session.session_key == key):
             await self._refuse(CLOSE_NOT_SIGNED_IN, "signed out or deactivated")
+
+
+async def _presence_frame_text(conversation_id: str) -> str:
+    viewers = await presence.viewers(conversation_id)
+    return protocol.dumps({"type": "presence", "viewers": viewers})
+
+
+async def _publish_presence(conversation_id: str) -> None:
+    text = await _presence_frame_text(conversation_id)
+    await fanout.publish(conversation_id, {"type": "chat.frame", "text": text})
 
 
 def _peek_client_msg_id(text: str) -> str | None:

@@ -11,11 +11,11 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import fanout, logs, metrics, moderation, protocol, replay, services
+from chat.db import db
 from chat.relay import Relay
 from chat.streaming import INTERRUPTED, StreamOutcome, StreamRequest, StreamRunner
 from chat.upstream import get_client
@@ -80,7 +80,7 @@ class Registry:
             get_client(),
             job.request,
             publish=Relay(job.conversation_id, job.message_id),
-            checkpoint=lambda text, seq: database_sync_to_async(services.message_checkpoint)(
+            checkpoint=lambda text, seq: db(services.message_checkpoint)(
                 message_id=job.message_id, content=text, seq=seq
             ),
             flush_s=settings.STREAM_FLUSH_MS / 1000,
@@ -151,7 +151,7 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
     message, stored = None, False
     for attempt in range(5):
         try:
-            message = await database_sync_to_async(services.message_finish)(**kwargs)
+            message = await db(services.message_finish)(**kwargs)
             stored = True
             break
         except Exception:

@@ -11,7 +11,7 @@ verdict left it.
 
 Async rules: `schedule()` starts the call as its own task *after* `done` is published
 (never awaited by the generation); all database work goes through
-`database_sync_to_async`; a failed or timed-out call leaves the case `pending` with a
+`chat.db.db`; a failed or timed-out call leaves the case `pending` with a
 backoff, and `retry_pending()` (periodic task, `manage.py moderate_pending`) tries again.
 """
 
@@ -25,7 +25,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, Group, Permission
 from django.db import IntegrityError, transaction
@@ -33,6 +32,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from chat import fanout, protocol, selectors
+from chat.db import db
 from chat.exceptions import ChatError, NotFound
 from chat.models import Message, ModerationCase, ModerationEvent
 from chat.upstream import translate_error
@@ -441,9 +441,6 @@ def _describe(exc: BaseException) -> str:
         return "bad_response: the moderation answer could not be read"
     error = translate_error(exc)
     return f"{error.code}: {error.detail}"
-
-
-db = database_sync_to_async
 
 
 async def run_case(case_id: int, *, force: bool = False) -> str:

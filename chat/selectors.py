@@ -1,4 +1,4 @@
-"""Reads. Sync functions; async callers wrap them with `database_sync_to_async`."""
+"""Reads. Sync functions; async callers wrap them with `chat.db.db`."""
 
 import uuid
 

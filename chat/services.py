@@ -1,4 +1,4 @@
-"""Writes. Keyword-only, typed, sync (async callers use `database_sync_to_async`)."""
+"""Writes. Keyword-only, typed, sync (async callers use `chat.db.db`)."""
 
 import uuid
 from dataclasses import dataclass, field

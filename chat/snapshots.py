@@ -5,9 +5,8 @@ group *before* building it, then drop live deltas at or below each message's `se
 import logging
 from typing import Any
 
-from channels.db import database_sync_to_async
-
 from chat import presence, protocol, replay, selectors
+from chat.db import db
 from chat.models import Membership, Message
 
 log = logging.getLogger(__name__)
@@ -16,7 +15,7 @@ log = logging.getLogger(__name__)
 async def build(membership: Membership) -> dict[str, Any]:
     """The snapshot frame for this member (the conversation must be loaded on it)."""
     conversation = membership.conversation
-    messages = await database_sync_to_async(selectors.message_list)(conversation_id=conversation.id)
+    messages = await db(selectors.message_list)(conversation_id=conversation.id)
     payloads = []
     for message in messages:
         payload = protocol.message_payload(message)

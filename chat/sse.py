@@ -11,13 +11,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
 from chat import fanout, protocol, replay, selectors, snapshots
+from chat.db import db
 from chat.models import Membership, Message
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,7 @@ async def events(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
     user = await request.auser()
     if not user.is_authenticated:
         return _error("not_signed_in", "Sign in first.", 401)
-    membership = await database_sync_to_async(selectors.membership_get)(
-        conversation_id=conversation_id, user=user
-    )
+    membership = await db(selectors.membership_get)(conversation_id=conversation_id, user=user)
     if membership is None:
         return _error("not_found", "No such conversation.", 404)
     last_id = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id", "")
@@ -87,7 +85,7 @@ async def _missing_deltas(
     conversation_id: uuid.UUID, message_id: str, seq: int
 ) -> list[tuple[int, str]] | None:
     """Deltas after `seq` as (seq, text), or None when only a snapshot will do."""
-    message = await database_sync_to_async(selectors.message_get)(
+    message = await db(selectors.message_get)(
         conversation_id=conversation_id, message_id=message_id
     )
     if message is None or message.status != Message.Status.STREAMING:

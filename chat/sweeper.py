@@ -8,12 +8,12 @@ that still holds more than the last checkpoint, so viewers keep every delta they
 import logging
 from datetime import timedelta
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from chat import fanout, protocol, quota, replay
+from chat.db import db
 from chat.models import Message
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def _mark_interrupted(message_id: str, text: str | None, seq: int | None) -> Mes
 async def sweep() -> int:
     """Interrupt every stale streaming message; returns how many were interrupted."""
     count = 0
-    for message_id, conversation_id in await database_sync_to_async(_stale_ids)():
+    for message_id, conversation_id in await db(_stale_ids)():
         state = None
         try:
             state = await replay.read(message_id)
@@ -55,7 +55,7 @@ async def sweep() -> int:
             await Message.objects.filter(pk=message_id).values_list("seq", flat=True).afirst()
         )
         use_log = state is not None and checkpoint is not None and state.seq > checkpoint
-        message = await database_sync_to_async(_mark_interrupted)(
+        message = await db(_mark_interrupted)(
             message_id, state.text if use_log else None, state.seq if use_log else None
         )
         if message is None:

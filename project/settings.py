@@ -179,6 +179,9 @@ SIMULATOR_TTFT_MS = env_float("SIMULATOR_TTFT_MS", 300.0)
 # Streaming.
 STREAM_FLUSH_MS = env_float("STREAM_FLUSH_MS", 30.0)
 STREAM_CHECKPOINT_S = env_float("STREAM_CHECKPOINT_S", 2.0)
+# Presence: the first change of a conversation's viewers is announced at once, the ones
+# within this window after it in one announcement at its end (chat/announcer.py).
+PRESENCE_INTERVAL_MS = env_float("PRESENCE_INTERVAL_MS", 250.0)
 STREAM_STALE_S = env_float("STREAM_STALE_S", 15.0)
 STREAM_SWEEP_INTERVAL_S = env_float("STREAM_SWEEP_INTERVAL_S", 10.0)
 STREAM_HISTORY_MESSAGES = env_int("STREAM_HISTORY_MESSAGES", 40)

@@ -55,6 +55,34 @@ async def test_prompt_streams_and_is_stored_with_usage(users, conversation):
     await comm.disconnect()
 
 
+async def test_the_snapshot_is_the_first_frame_even_while_the_group_is_busy(
+    users, conversation, settings
+):
+    # Deltas every few milliseconds and presence announcements from earlier joins reach
+    # the group while each socket builds its snapshot; they wait for it.
+    settings.SIMULATOR_CHUNK_MS = 1
+    settings.STREAM_FLUSH_MS = 0
+    first = await connect(users["alice"], conversation.id)
+    await first.send_json_to({"type": "prompt", "content": "Count to 400"})
+    await frames_until(first, lambda f: f["type"] == "delta" and f["seq"] >= 3)
+    joined = []
+    for user in ("bob", "alice", "bob", "alice", "bob"):
+        # `connect` asserts that the first frame is the snapshot.
+        joined.append(await connect(users[user], conversation.id, wait_presence=False))
+    for comm in joined:
+        streaming = [m for m in comm.snapshot["messages"] if m["status"] == "streaming"]
+        text, seq = streaming[0]["content"], streaming[0]["seq"]
+        frames = await frames_until(comm, done_of(streaming[0]["id"]))
+        for frame in frames:
+            assert frame["type"] != "snapshot", "a gap was healed: deltas were lost"
+            if frame["type"] == "delta":
+                assert frame["seq"] == seq + 1
+                text, seq = text + frame["text"], frame["seq"]
+        assert text == count_to(400)
+    for comm in [first, *joined]:
+        await comm.disconnect()
+
+
 async def test_a_late_joiner_gets_the_text_so_far_then_only_newer_deltas(
     users, conversation, settings
 ):
