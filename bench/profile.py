@@ -16,6 +16,38 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+# Where a sample belongs, by the first rule that matches anywhere on its stack (order
+# matters: the database thread first, as its stacks also hold ORM and psycopg frames).
+PARTS = [
+    ("database thread (mostly waiting for PostgreSQL)", r"_worker \(concurrent"),
+    ("upstream read: SDK models per chunk", r"_process_response_data|construct_type"),
+    ("upstream read: SSE decoding", r"_SSELineDecoder|SSEDecoder|_iter_events|aiter_bytes"),
+    ("upstream read: HTTP stack", r"httpcore|h11|aiohttp|anyio"),
+    ("upstream read: runner", r"StreamRunner\._read|AsyncStream"),
+    ("hub: handing events to sockets", r"Hub\._pump"),
+    ("flush: replay log + publish", r"StreamRunner\._flush|Relay\.__call__"),
+    ("Redis client and pub/sub layer", r"redis/|channels_redis"),
+    ("daphne/Twisted: websocket writes and reads", r"twisted|daphne|autobahn"),
+]
+
+
+def parts(path: Path) -> list[tuple[str, float]]:
+    """Share of busy samples (idle excluded) per part of the server, in percent."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in Path(path).read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        if "select" in leaf or "epoll" in leaf or "poll (" in leaf:
+            continue
+        total += int(count)
+        name = next((n for n, rx in PARTS if re.search(rx, stack)), "other")
+        counts[name] += int(count)
+    return [(n, round(100 * c / max(total, 1), 1)) for n, c in counts.most_common()]
+
+
 IDLE = re.compile(r"\b(select|poll|epoll|_run_once \(asyncio/base_events|wait \(threading)")
 _LINE = re.compile(r" \(([^)]*?):\d+\)$")
 
@@ -57,6 +89,9 @@ def summarize(path: Path, top: int = 25) -> dict[str, Any]:
 def main() -> None:
     s = summarize(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 30)
     print(f"samples {s['samples']}, idle {s['idle_fraction']:.1%}")
+    print("\nby part (% of busy samples):")
+    for name, p in parts(Path(sys.argv[1])):
+        print(f"  {p:5.1f}  {name}")
     print("\nself (% of busy samples):")
     for f, p in s["self_top"]:
         print(f"  {p:5.1f}  {f}")
