@@ -57,6 +57,15 @@ class BadJson(ChatError):
     default_detail = "The frame is not valid JSON."
 
 
+# Websocket close codes (DESIGN: the protocol's closes).
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_NOT_SIGNED_IN = 4401
+CLOSE_NOT_MEMBER = 4403
+CLOSE_NO_CONVERSATION = 4404
+CLOSE_FLOOD = 4429
+
+
 def parse_client_frame(text: str) -> PromptFrame | CancelFrame | RegenerateFrame | SyncFrame:
     """Parse one text frame, raising a ChatError whose code says what was wrong."""
     try:
