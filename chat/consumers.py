@@ -6,6 +6,7 @@ through the conversation group and is forwarded as the text it was serialized to
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -135,7 +136,13 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
             # The layer (Redis) is down: ask the client to come back rather than show
             # a view that would miss deltas.
             log.warning("connect failed, channel layer unavailable: %r", exc)
+            if self.joined:
+                # Joined but no snapshot: disconnect() skips sockets that never fully
+                # joined, so leave the hub here or it keeps handing events to this one.
+                with contextlib.suppress(Exception):
+                    await get_hub().leave(self.group, self)
             self.joined = False
+            self._held = None
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
         _live_consumers.add(self)

@@ -310,3 +310,19 @@ async def test_a_socket_that_missed_deltas_gets_a_snapshot_instead_of_a_gap(user
     assert (healed["content"], healed["seq"]) == ("one two three", 3)
     await viewer.disconnect()
     await Message.objects.filter(pk=streaming.pk).aupdate(status="complete")
+
+
+async def test_a_connect_that_cannot_send_its_snapshot_closes_1013_and_leaves_the_hub(
+    users, conversation, monkeypatch
+):
+    from chat import snapshots
+    from chat.hub import get_hub
+
+    async def broken(membership):
+        raise ConnectionError("layer down")
+
+    monkeypatch.setattr(snapshots, "build", broken)
+    comm = await connect(users["alice"], conversation.id, expect_snapshot=False)
+    assert (await comm.receive_output(5)) == {"type": "websocket.close", "code": 1013}
+    group = get_hub()._groups.get(f"conv.{conversation.id.hex}")
+    assert group is None or not group.members, "the hub still hands events to a closed socket"
