@@ -8,12 +8,6 @@ event loop (docs/decisions.md). One name for every call site keeps that choice i
 place.
 """
 
-from collections.abc import Callable
-from typing import Any
-
 from channels.db import database_sync_to_async
 
-
-def db(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` as a coroutine function on the database thread."""
-    return database_sync_to_async(fn)
+db = database_sync_to_async  # `db(fn)`: fn as a coroutine function on the database thread

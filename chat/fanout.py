@@ -76,13 +76,12 @@ async def publish_delta(
     return await publish(conversation_id, delta_event(message_id, seq, text))
 
 
-def pubsub_message(
-    conversation_id: uuid.UUID | str, event: dict[str, Any]
-) -> tuple[str, bytes] | None:
-    """The Redis channel and payload the pub/sub layer would PUBLISH for this event, so
-    the relay can send it in the same round trip as its replay-log append (DESIGN:
-    "XADD per flush in the same round trip as the publish"). None when the layer is not
-    `RedisPubSubChannelLayer` on the one Redis of `REDIS_URL`: then use `publish`.
+def pubsub_channel(conversation_id: uuid.UUID | str) -> str | None:
+    """The Redis channel the pub/sub layer PUBLISHes the conversation's events on, so
+    the relay can send a delta in the same round trip as its replay-log append (DESIGN:
+    "XADD per flush in the same round trip as the publish"), serialized by
+    `serialize`. None when the layer is not `RedisPubSubChannelLayer` on the one Redis
+    of `REDIS_URL`: then use `publish`.
     """
     layer = get_channel_layer()
     if not isinstance(layer, RedisPubSubChannelLayer) or not settings.REDIS_URL:
@@ -90,8 +89,12 @@ def pubsub_message(
     loop_layer = layer._get_layer()  # the layer's naming is private: pinned in the lock
     if len(loop_layer._shards) != 1:
         return None
-    channel = loop_layer._get_group_channel_name(conversation_group(conversation_id))
-    return channel, layer.serialize(event)
+    return loop_layer._get_group_channel_name(conversation_group(conversation_id))
+
+
+def serialize(event: dict[str, Any]) -> bytes:
+    """An event as the layer puts it on the wire (msgpack)."""
+    return get_channel_layer().serialize(event)
 
 
 async def request_cancel(message_id: uuid.UUID | str) -> bool:

@@ -34,11 +34,6 @@ def _usage_now(*, user: AbstractBaseUser) -> tuple[int, int]:
     return totals["running"], totals["used"] + totals["held"]
 
 
-def spent_today(*, user: AbstractBaseUser) -> int:
-    """Tokens used today plus those held by answers still generating."""
-    return _usage_now(user=user)[1]
-
-
 def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> TokenUsage:
     """Hold `need` tokens for `message`, or raise the limit it would break."""
     # Serialize one user's reservations: two prompts racing cannot both fit the last

@@ -24,11 +24,15 @@ class Relay:
         self._message_id = str(message_id)
         self._texts: list[str] = []
         self._log_intact = True
+        # Where the layer publishes this conversation's events: fixed for the generation.
+        self._channel = fanout.pubsub_channel(conversation_id)
 
     async def __call__(self, seq: int, text: str) -> None:
         self._texts.append(text)
         event = fanout.delta_event(self._message_id, seq, text)
-        publication = fanout.pubsub_message(self._conversation_id, event)
+        publication = None
+        if self._channel is not None:
+            publication = (self._channel, fanout.serialize(event))
         published = False
         try:
             if self._log_intact:
