@@ -79,7 +79,12 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         # A group event can be handled after the peer has gone but before the server's
         # disconnect event reaches this consumer: that frame has no one to go to.
         try:
-            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+            if text_data is not None and not close:
+                # Every delta to every viewer comes through here: straight to the
+                # server, without the two generic layers of Channels' `send`.
+                await self.base_send({"type": "websocket.send", "text": text_data})
+            else:
+                await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except SOCKET_GONE:
             log.debug("frame dropped: the socket closed first")
 
