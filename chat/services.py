@@ -104,13 +104,17 @@ def member_leave(*, membership: Membership) -> int:
 
 def _check_prompt_rate(*, user: AbstractBaseUser) -> None:
     window_start = timezone.now() - timedelta(minutes=1)
+    limit = settings.PROMPTS_PER_MINUTE
+    if limit <= 0:
+        raise RateLimited("Prompts are switched off on this server.", retry_after=60.0)
+    # The limit-th most recent prompt of the window, if there is one: one row, however
+    # high the limit; the next prompt fits once it leaves the window.
     recent = Message.objects.filter(
         author_id=user.pk, role=Message.Sender.USER, created_at__gte=window_start
-    ).order_by("created_at")
-    limit = settings.PROMPTS_PER_MINUTE
-    times = list(recent.values_list("created_at", flat=True)[:limit])
-    if len(times) >= limit:
-        retry = (times[0] + timedelta(minutes=1) - timezone.now()).total_seconds()
+    ).order_by("-created_at")
+    nth_newest = list(recent.values_list("created_at", flat=True)[limit - 1 : limit])
+    if nth_newest:
+        retry = (nth_newest[0] + timedelta(minutes=1) - timezone.now()).total_seconds()
         raise RateLimited(
             f"At most {limit} prompts a minute.", retry_after=max(1.0, round(retry, 1))
         )

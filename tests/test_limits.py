@@ -148,6 +148,35 @@ async def test_prompts_per_minute_are_capped(users, conversation, settings):
     await comm.disconnect()
 
 
+def test_the_rate_limit_waits_for_the_limit_th_newest_prompt_to_leave_the_window(
+    users, conversation, settings
+):
+    """Racing processes can store more prompts than the limit: the next one fits when
+    the count falls below it, so the wait runs from the limit-th newest, not the oldest."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat import services
+    from chat.exceptions import RateLimited
+
+    settings.PROMPTS_PER_MINUTE = 2
+    now = timezone.now()
+    for age_s in (50, 40, 10):  # three in the window, one more than the limit
+        prompt = Message.objects.create(
+            conversation=conversation, role=Message.Sender.USER, author=users["bob"]
+        )
+        Message.objects.filter(pk=prompt.pk).update(created_at=now - timedelta(seconds=age_s))
+    with pytest.raises(RateLimited) as refused:
+        services._check_prompt_rate(user=users["bob"])
+    assert 19 <= refused.value.retry_after <= 20  # the 40-second-old prompt, not the 50
+    settings.PROMPTS_PER_MINUTE = 4
+    services._check_prompt_rate(user=users["bob"])  # three of four: allowed
+    settings.PROMPTS_PER_MINUTE = 0
+    with pytest.raises(RateLimited):
+        services._check_prompt_rate(user=users["bob"])
+
+
 @pytest.mark.parametrize(
     "content",
     ["\x00", "a\x00b", "lone \ud800", "   \n\t ", "\u202e\u2066", "", "😀" * 40_000],
