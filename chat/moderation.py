@@ -152,22 +152,34 @@ class RetryReport:
 
 def case_open(*, message_id: uuid.UUID | str) -> ModerationCase | None:
     """The `auto` case of a final assistant message with text, created if missing."""
-    message = (
+    message = _final_answer(message_id, "pk")
+    if message is None:
+        return None
+    # get_or_create inserts in its own savepoint and, when another worker's insert won
+    # the race (the unique constraint), returns that one.
+    case, _ = ModerationCase.objects.get_or_create(message=message, source=Source.AUTO)
+    return case
+
+
+def _final_answer(message_id: uuid.UUID | str, *fields: str) -> Message | None:
+    return (
         Message.objects.filter(
             pk=message_id, role=Message.Sender.ASSISTANT, status__in=FINAL_STATUSES
         )
         .exclude(content="")
-        .only("pk")
+        .only(*fields)
         .first()
     )
+
+
+def _open_and_claim(*, message_id: uuid.UUID | str) -> tuple[int, str] | None:
+    """`case_open` then `_claim` in one trip to the database thread, the text read with
+    the message: what every finished answer costs (6 statements instead of 9 in 2 trips)."""
+    message = _final_answer(message_id, "pk", "content")
     if message is None:
         return None
-    try:
-        with transaction.atomic():
-            case, _ = ModerationCase.objects.get_or_create(message=message, source=Source.AUTO)
-    except IntegrityError:  # created by another worker meanwhile
-        case = ModerationCase.objects.get(message=message, source=Source.AUTO)
-    return case
+    case, _ = ModerationCase.objects.get_or_create(message=message, source=Source.AUTO)
+    return (case.pk, message.content) if _lease(case_id=case.pk) else None
 
 
 def report_create(
@@ -211,16 +223,20 @@ def report_create(
 def _claim(*, case_id: int, force: bool = False) -> str | None:
     """Take a pending case for one call (a lease until the call's timeout has passed);
     returns the text to moderate, or None when the case is not ours to try now."""
+    if not _lease(case_id=case_id, force=force):
+        return None
+    return (
+        ModerationCase.objects.filter(pk=case_id).values_list("message__content", flat=True).first()
+    )
+
+
+def _lease(*, case_id: int, force: bool = False) -> bool:
     now = timezone.now()
     cases = ModerationCase.objects.filter(pk=case_id, state=State.PENDING)
     if not force:
         cases = cases.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
     lease = now + timedelta(seconds=settings.MODERATION_TIMEOUT_S + LEASE_EXTRA_S)
-    if not cases.update(attempts=F("attempts") + 1, next_attempt_at=lease):
-        return None
-    return (
-        ModerationCase.objects.filter(pk=case_id).values_list("message__content", flat=True).first()
-    )
+    return bool(cases.update(attempts=F("attempts") + 1, next_attempt_at=lease))
 
 
 def backoff_s(attempts: int) -> float:
@@ -449,6 +465,10 @@ async def run_case(case_id: int, *, force: bool = False) -> str:
     text = await db(_claim)(case_id=case_id, force=force)
     if text is None:
         return SKIPPED
+    return await _moderate_claimed(case_id, text)
+
+
+async def _moderate_claimed(case_id: int, text: str) -> str:
     try:
         verdict = await moderate_text(text)
     except Exception as exc:
@@ -466,10 +486,10 @@ async def run_case(case_id: int, *, force: bool = False) -> str:
 
 async def moderate_message(message_id: uuid.UUID | str) -> str:
     """Open the message's case and run it (the task `schedule` starts)."""
-    case = await db(case_open)(message_id=message_id)
-    if case is None:
+    claimed = await db(_open_and_claim)(message_id=message_id)
+    if claimed is None:
         return SKIPPED
-    return await run_case(case.pk)
+    return await _moderate_claimed(*claimed)
 
 
 async def announce(change: VisibilityChange) -> None:

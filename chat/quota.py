@@ -10,7 +10,7 @@ from datetime import UTC, datetime, time, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -60,7 +60,6 @@ def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> TokenUsag
 
 def settle(*, message_id, used: int | None) -> None:
     """Replace the reservation by what was really spent (the reservation if unknown)."""
-    for usage in TokenUsage.objects.filter(message_id=message_id, settled=False):
-        usage.used = usage.reserved if used is None else used
-        usage.settled = True
-        usage.save(update_fields=["used", "settled"])
+    TokenUsage.objects.filter(message_id=message_id, settled=False).update(
+        used=F("reserved") if used is None else used, settled=True
+    )
