@@ -8,7 +8,6 @@ layer cannot slow the upstream read.
 """
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -92,6 +91,7 @@ class StreamRunner:
         self._published: list[str] = []  # text of each published delta, by seq - 1
         self._wake = asyncio.Event()
         self._reading_done = asyncio.Event()
+        self._window: asyncio.Future[None] | None = None  # the flush window being waited
         self._stop_reason: str | None = None
         self._stop_requested = asyncio.Event()
         self._pieces = 0
@@ -138,6 +138,7 @@ class StreamRunner:
             if not reader.done():
                 reader.cancel()
             self._reading_done.set()
+            self._end_window()
             self._wake.set()
             checkpointer.cancel()
             await asyncio.gather(flusher, checkpointer, return_exceptions=True)
@@ -263,6 +264,7 @@ class StreamRunner:
     async def _flush_loop(self) -> None:
         # The first delta after a quiet spell goes out at once; later ones wait for the
         # window so a fast upstream becomes a few larger frames instead of many tiny ones.
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -271,8 +273,20 @@ class StreamRunner:
                 if not self._buffer:
                     return
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reading_done.wait(), self._flush_s)
+            # Wait out the window, or less if reading ends: the last delta goes at once.
+            # A bare future and timer: `asyncio.wait_for` cost a task, its cancellation
+            # and two more loop turns per flush.
+            self._window = loop.create_future()
+            timer = loop.call_later(self._flush_s, self._end_window)
+            try:
+                await self._window
+            finally:
+                timer.cancel()
+                self._window = None
+
+    def _end_window(self) -> None:
+        if self._window is not None and not self._window.done():
+            self._window.set_result(None)
 
     async def _flush(self) -> None:
         if not self._buffer:

@@ -125,6 +125,19 @@ async def test_without_a_flush_window_every_chunk_is_its_own_delta(make_client):
     assert len(recorder.deltas) > len(tokenize(count_to(20))) / 2
 
 
+async def test_the_end_of_the_stream_cuts_the_flush_window_short(make_client):
+    """With a window far longer than the test's timeout, the run still ends: the text
+    read during the last window goes out when reading ends, not when the window does."""
+    recorder = Recorder()
+    outcome = await runner_for(
+        make_client, "Count to 30 [[sim chunk_ms=1]]", recorder, flush_s=3600
+    ).run()
+    assert outcome.status == "complete"
+    assert outcome.content == count_to(30) == recorder.text
+    # The first delta went out at once; everything after it waited for the end.
+    assert [seq for seq, _ in recorder.deltas] == [1, 2]
+
+
 async def test_checkpoints_hold_exactly_the_deltas_up_to_their_seq(make_client):
     recorder = Recorder()
     await runner_for(make_client, "Count to 400 [[sim chunk_ms=1]]", recorder).run()
