@@ -2,7 +2,7 @@
 
 Log first: a viewer that read the log before this append is already in the group and
 gets the delta live; one that read after has it in its snapshot. On the Redis pub/sub
-layer both commands go in one pipeline, so a flush costs one round trip (XADD, PUBLISH).
+layer both commands go in one write (chat/redis_lane.py): one round trip per flush.
 If the write fails (Redis outage), the delta still goes out through the layer, which
 retries once on a fresh connection, and the log is rewritten whole at the next flush
 that reaches Redis, so it never holds a text with a hole in it.

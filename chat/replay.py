@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 from chat.redis_conn import get_redis, key, redis_enabled
+from chat.redis_lane import get_lane
 
 # How long a log outlives its stream: late `sync`s still find it, then Redis frees it.
 FINISHED_TTL_S = 120
@@ -46,15 +47,15 @@ async def append(
     if not redis_enabled():
         _memory_logs.setdefault(message_id, []).append(text)
         return
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.xadd(_stream_key(message_id), {"s": seq, "t": text})
+    stream = _stream_key(message_id)
+    commands: list[tuple[object, ...]] = [("XADD", stream, "*", "s", seq, "t", text)]
     if seq == 1:
         # Set once: a stream lasts minutes at most, far less than the TTL, and `finish`
         # shortens it. Every flush would otherwise pay for an EXPIRE.
-        pipe.expire(_stream_key(message_id), RUNNING_TTL_S)
+        commands.append(("EXPIRE", stream, RUNNING_TTL_S))
     if then_publish is not None:
-        pipe.publish(*then_publish)
-    await pipe.execute()
+        commands.append(("PUBLISH", *then_publish))
+    await get_lane().round_trip(*commands)
 
 
 async def read(message_id: str) -> LogState | None:

@@ -32,7 +32,7 @@ from tests.sockets import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# XADD (the replay log) and PUBLISH (the delta to the group), sent in one pipeline.
+# XADD (the replay log) and PUBLISH (the delta to the group), sent in one write.
 PER_FLUSH_COMMANDS = {"XADD": 1, "PUBLISH": 1}
 PER_FLUSH_ROUND_TRIPS = 1
 # Per generation, besides its flushes: the cancel listener subscribes to its own channel
