@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat import fanout, logs, loop_lag, metrics, moderation, protocol, replay, services
+from chat import fanout, logs, metrics, moderation, protocol, replay, services
 from chat.db import db
 from chat.relay import Relay
 from chat.streaming import INTERRUPTED, StreamOutcome, StreamRequest, StreamRunner
@@ -84,7 +84,6 @@ class Registry:
                 message_id=job.message_id, content=text, seq=seq
             ),
             flush_s=settings.STREAM_FLUSH_MS / 1000,
-            stretch=loop_lag.current,
             checkpoint_s=settings.STREAM_CHECKPOINT_S,
             idle_timeout_s=settings.OPENAI_TIMEOUT_S,
         )

@@ -28,11 +28,6 @@ def ensure_started() -> None:
     if loop in _started_loops:
         return
     _started_loops.add(loop)
-    from chat import loop_lag
-
-    lag = loop_lag.start()
-    _background.add(lag)
-    lag.add_done_callback(_background.discard)
     if settings.STREAM_SWEEP_INTERVAL_S > 0:
         task = loop.create_task(_sweep_forever(), name="stream-sweeper")
         _background.add(task)

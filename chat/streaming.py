@@ -28,10 +28,6 @@ Checkpoint = Callable[[str, int], Awaitable[None]]  # (text of deltas 1..seq, se
 
 COMPLETE, CANCELLED, FAILED, INTERRUPTED = "complete", "cancelled", "failed", "interrupted"
 
-# A late loop stretches the flush window by its lag, up to this many windows more: a
-# token then waits at most four windows, however loaded the process.
-MAX_STRETCH = 3.0
-
 
 @dataclass
 class Usage:
@@ -80,7 +76,6 @@ class StreamRunner:
         publish: Publish,
         checkpoint: Checkpoint | None = None,
         flush_s: float = 0.03,
-        stretch: Callable[[], float] | None = None,
         checkpoint_s: float = 2.0,
         idle_timeout_s: float = 60.0,
     ) -> None:
@@ -89,8 +84,6 @@ class StreamRunner:
         self._publish = publish
         self._checkpoint = checkpoint
         self._flush_s = flush_s
-        # Seconds to add to the window now: the loop's lag (chat/loop_lag.py) in a server.
-        self._stretch = stretch
         self._checkpoint_s = checkpoint_s
         self._idle_timeout_s = idle_timeout_s
         self._idle_error: StreamError | None = None
@@ -284,18 +277,12 @@ class StreamRunner:
             # A bare future and timer: `asyncio.wait_for` cost a task, its cancellation
             # and two more loop turns per flush.
             self._window = loop.create_future()
-            timer = loop.call_later(self._window_s(), self._end_window)
+            timer = loop.call_later(self._flush_s, self._end_window)
             try:
                 await self._window
             finally:
                 timer.cancel()
                 self._window = None
-
-    def _window_s(self) -> float:
-        """W, stretched by a late loop, at most to four times W (no window stays none)."""
-        if self._stretch is None:
-            return self._flush_s
-        return self._flush_s + min(self._stretch(), MAX_STRETCH * self._flush_s)
 
     def _end_window(self) -> None:
         if self._window is not None and not self._window.done():
