@@ -16,12 +16,16 @@ import weakref
 from typing import Any
 
 from django.conf import settings
+from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 # The whole round trip, connecting included: what `socket_timeout` was for the pipeline.
 TIMEOUT_S = 5.0
 # Connections kept open between flushes; more are opened while more flushes overlap.
 IDLE_MAX = 32
+# Failures that say the connection, not the command, broke (asyncio.timeout raises the
+# builtin TimeoutError; a reset socket an OSError).
+BROKEN = (redis_errors.ConnectionError, redis_errors.TimeoutError, TimeoutError, OSError)
 
 
 class Lane:
@@ -40,8 +44,14 @@ class Lane:
                     await conn.connect()
                 await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
                 replies = [await conn.read_response() for _ in commands]
-        except BaseException:
+        except BaseException as exc:
             await conn.disconnect(nowait=True)
+            if isinstance(exc, BROKEN):
+                # Redis restarted or the network broke: the idle connections are as
+                # stale as this one, and each would fail a flush of its own.
+                idle, self._idle = self._idle, []
+                for stale in idle:
+                    await stale.disconnect(nowait=True)
             raise
         if len(self._idle) < IDLE_MAX:
             self._idle.append(conn)

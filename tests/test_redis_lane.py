@@ -50,3 +50,18 @@ async def test_overlapping_round_trips_each_get_their_own_replies(lane_key):
         *(lane.round_trip(("ECHO", f"a{n}"), ("ECHO", f"b{n}")) for n in range(20))
     )
     assert replies == [[f"a{n}".encode(), f"b{n}".encode()] for n in range(20)]
+
+
+async def test_after_redis_drops_the_lanes_connections_one_round_trip_fails_not_each(lane_key):
+    import redis as sync_redis
+
+    lane = Lane(services.REDIS_BASE_URL)
+    ids = await asyncio.gather(*(lane.round_trip(("CLIENT", "ID")) for _ in range(3)))
+    assert len(lane._idle) == 3
+    admin = sync_redis.Redis.from_url(services.REDIS_BASE_URL)
+    for (client_id,) in ids:  # what a Redis restart does to every open connection
+        admin.execute_command("CLIENT", "KILL", "ID", client_id)
+    with pytest.raises((redis.exceptions.ConnectionError, OSError)):
+        await lane.round_trip(("INCR", lane_key))
+    assert lane._idle == []  # the other two were as stale: dropped, not tried
+    assert await lane.round_trip(("INCR", lane_key)) == [1]
