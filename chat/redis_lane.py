@@ -7,8 +7,9 @@ of the pooled connection, and the pipeline's bookkeeping: more CPU than the comm
 themselves (bench/REPORT.md). Here a flush takes an idle connection of this loop's lane
 (or opens one), sends the packed commands and reads the replies under one
 `asyncio.timeout`, and puts it back. A connection that failed in any way is closed, so
-a half-read reply never reaches the next flush; the caller decides what a failed flush
-means (the relay publishes through the layer and rebuilds the log).
+a half-read reply never reaches the next flush, and one that broke (a restarted Redis)
+takes the idle ones with it; the caller decides what a failed flush means (the relay
+publishes through the layer and rebuilds the log).
 """
 
 import asyncio
