@@ -9,8 +9,9 @@ reads the list as it is then: every socket still ends with the current list.
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
+
+from chat.per_loop import PerLoop
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,8 @@ class Announcer:
 
 
 # One per event loop: its tasks belong to their loop (tests run many loops).
-_announcers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Announcer]" = (
-    weakref.WeakKeyDictionary()
-)
+_announcers: PerLoop[Announcer] = PerLoop()
 
 
 def get_announcer(announce: Announce, interval_s: float) -> Announcer:
-    loop = asyncio.get_running_loop()
-    announcer = _announcers.get(loop)
-    if announcer is None:
-        announcer = _announcers[loop] = Announcer(announce, interval_s)
-    return announcer
+    return _announcers.get(lambda: Announcer(announce, interval_s))

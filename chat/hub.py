@@ -10,11 +10,12 @@ order: one pump per group delivers them one after another.
 
 import asyncio
 import logging
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
+
+from chat.per_loop import PerLoop
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,8 @@ class Hub:
 _stopping: set[asyncio.Task[None]] = set()
 
 # One hub per event loop: layer channels and tasks belong to their loop (tests run many).
-_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
+_hubs: PerLoop[Hub] = PerLoop()
 
 
 def get_hub() -> Hub:
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        hub = _hubs[loop] = Hub()
-    return hub
+    return _hubs.get(Hub)

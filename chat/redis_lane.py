@@ -13,12 +13,13 @@ publishes through the layer and rebuilds the log).
 """
 
 import asyncio
-import weakref
 from typing import Any
 
 from django.conf import settings
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+
+from chat.per_loop import PerLoop
 
 # The whole round trip, connecting included: what `socket_timeout` was for the pipeline.
 TIMEOUT_S = 5.0
@@ -61,13 +62,9 @@ class Lane:
         return replies
 
 
-_lanes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Lane]" = weakref.WeakKeyDictionary()
+_lanes: PerLoop[Lane] = PerLoop()
 
 
 def get_lane() -> Lane:
     """The lane of the running loop (redis-py connections belong to their loop)."""
-    loop = asyncio.get_running_loop()
-    lane = _lanes.get(loop)
-    if lane is None:
-        lane = _lanes[loop] = Lane(settings.REDIS_URL)
-    return lane
+    return _lanes.get(lambda: Lane(settings.REDIS_URL))

@@ -1,9 +1,7 @@
 """The OpenAI-compatible client, built once per event loop from settings, and the one
 place where vendor exceptions become our own `StreamError` codes."""
 
-import asyncio
 import logging
-import weakref
 from urllib.parse import urlsplit
 
 import httpx2
@@ -11,14 +9,13 @@ import openai
 from django.conf import settings
 
 from chat.exceptions import StreamError
+from chat.per_loop import PerLoop
 
 log = logging.getLogger(__name__)
 
 SIMULATOR_BASE_URL = "http://simulator.invalid/v1"
 
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI]" = (
-    weakref.WeakKeyDictionary()
-)
+_clients: PerLoop[openai.AsyncOpenAI] = PerLoop()
 
 
 def build_client() -> openai.AsyncOpenAI:
@@ -52,17 +49,13 @@ def build_client() -> openai.AsyncOpenAI:
 
 def get_client() -> openai.AsyncOpenAI:
     """The client of the running loop (its connection pool belongs to that loop)."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        client = _clients[loop] = build_client()
-    return client
+    return _clients.get(build_client)
 
 
 async def close_client() -> None:
     """Close the running loop's client (its HTTP sessions) on shutdown; aiohttp
     complains about a session left open when the process exits."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
+    client = _clients.pop()
     if client is not None:
         try:
             await client.close()
