@@ -274,6 +274,7 @@ class LoadGen:
     async def cmd_collect(self, sim_url: str, window_trim: float = 0.0):
         records = _fetch_records(sim_url)
         lat: list[np.ndarray] = []
+        lat_at: list[np.ndarray] = []  # when each latency sample was received
         first_lat: list[float] = []
         per_stream: list[dict[str, Any]] = []
         lost = dup = ooo = corrupt = incomplete = resyncs = 0
@@ -311,6 +312,7 @@ class LoadGen:
                 idx = idx[idx < len(ts)]
                 recv = recv[: len(idx)]
                 lat.append((recv - ts[idx]) * 1000)
+                lat_at.append(recv)
                 if lo[0] == 0 and counts[0] > 0:
                     first_lat.append((rec[0, 0] - ts[0]) * 1000)
                 deliveries.extend(rec[:, 0].tolist())
@@ -356,6 +358,10 @@ class LoadGen:
         in_window = int(((d >= w0) & (d <= w1)).sum()) if len(d) else 0
         acc = self.acc
         acc["lat"].extend(lat)
+        if lat:
+            # Seconds since the round's first prompt: where in a round the tail is.
+            t0 = min((s["t_sent"] for s in self.streams.values() if s["t_sent"]), default=0.0)
+            acc["lat_since_start"].extend(a - t0 for a in lat_at)
         acc["first"].extend(first_lat)
         acc["lags"].extend(self.lags)
         for k, v in (
@@ -394,6 +400,7 @@ class LoadGen:
             "latency_ms": _pct(lat),
             "latency_samples": int(lat.size),
             "latency_hist": _hist(lat),
+            "latency_by_second": _by_second(lat, acc["lat_since_start"]),
             "first_delta_latency_ms": _pct(np.asarray(acc["first"])),
             "loadgen_loop_lag_ms": _pct(np.asarray(acc["lags"]) * 1000),
             "lost": acc.get("lost", 0),
@@ -458,7 +465,29 @@ class LoadGen:
 
 
 def _new_acc() -> dict[str, Any]:
-    return {"lat": [], "first": [], "lags": []}
+    return {"lat": [], "lat_since_start": [], "first": [], "lags": []}
+
+
+def _by_second(lat: np.ndarray, since_start: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Latency percentiles per second of the rounds (seconds since each round's first
+    prompt), to tell a start-up burst from a steady backlog."""
+    if not since_start or not lat.size:
+        return []
+    at = np.concatenate(since_start)
+    rows = []
+    for second in range(int(at.max()) + 1):
+        sel = lat[(at >= second) & (at < second + 1)]
+        if sel.size:
+            p50, p99 = np.percentile(sel, [50, 99])
+            rows.append(
+                {
+                    "s": second,
+                    "n": int(sel.size),
+                    "p50": round(float(p50), 1),
+                    "p99": round(float(p99), 1),
+                }
+            )
+    return rows
 
 
 def _fetch_records(sim_url: str) -> dict[str, list[list[float]]]:

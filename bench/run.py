@@ -920,6 +920,7 @@ class Bench:
             "added_latency_ms": summary["latency_ms"],
             "latency_samples": summary["latency_samples"],
             "latency_hist": summary["latency_hist"],
+            "latency_by_second": summary["latency_by_second"],
             "first_delta_latency_ms": summary["first_delta_latency_ms"],
             "direct_chunk_latency_ms": pct(direct_chunk),
             "deliveries_per_s": round(sum(deliveries) / len(deliveries), 1) if deliveries else 0,

@@ -18,6 +18,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from chat import (
+    direct_send,
     drain,
     fanout,
     lifecycle,
@@ -106,6 +107,7 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         # Accept, then close: a refusal before accept reaches browsers as a bare HTTP 403
         # with no code, and the page could not tell "sign in" from "not a member".
         await self.accept()
+        self.write_frame = direct_send.writer_for(self.base_send)
         logs.connection_id.set(self.channel_name.rsplit("!", 1)[-1][-12:])
         if drain.is_draining():
             await self.close(code=drain.CLOSE_SERVICE_RESTART)

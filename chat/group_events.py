@@ -9,7 +9,7 @@ access changes close the socket at once. Mixed into `ChatConsumer`, which provid
 import logging
 from typing import Any
 
-from chat import metrics
+from chat import direct_send, metrics
 from chat.hub import get_hub
 from chat.protocol import CLOSE_NO_CONVERSATION, CLOSE_NOT_MEMBER, CLOSE_NOT_SIGNED_IN
 
@@ -21,6 +21,8 @@ class GroupEvents:
     # before the first snapshot (None once it is sent).
     sent_seq: dict[str, int]
     _held: list[dict[str, Any]] | None = None
+    # Writes a prepared frame straight to the socket (daphne), or None: see forward.
+    write_frame: direct_send.FrameWriter | None = None
 
     async def deliver(self, event: dict[str, Any]) -> None:
         """A conversation group event, from this process's hub."""
@@ -46,6 +48,21 @@ class GroupEvents:
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
         """A frame for every viewer, already serialized."""
+        await self.forward(event)
+
+    async def forward(self, event: dict[str, Any]) -> None:
+        """Send an event's frame text to this socket. Under daphne the frame is built
+        once per event for every socket of this process (the first one to forward it
+        keeps it in the event) and written to the connection directly."""
+        write = self.write_frame
+        if write is not None:
+            frame = event.get("frame")
+            if frame is None:
+                frame = event["frame"] = direct_send.prepare(event["text"])
+            if write(frame):
+                metrics.frames_sent.inc()
+                metrics.frames_direct.inc()
+                return
         await self.send(text_data=event["text"])
         metrics.frames_sent.inc()
 
@@ -62,8 +79,7 @@ class GroupEvents:
             await self.send_snapshot()
             return
         self.sent_seq[message_id] = seq
-        await self.send(text_data=event["text"])
-        metrics.frames_sent.inc()
+        await self.forward(event)
 
     async def refresh_group(self) -> None:
         """Renew this socket's group membership before the layer's group expiry."""

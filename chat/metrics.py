@@ -76,6 +76,10 @@ REGISTRY: list = []
 
 deltas_published = Counter("livechat_deltas_published_total", "Coalesced deltas published.")
 frames_sent = Counter("livechat_frames_sent_total", "Frames sent to websocket viewers.")
+frames_direct = Counter(
+    "livechat_frames_direct_total",
+    "Of the frames sent, those framed once per event and written straight to the socket.",
+)
 generations = Counter("livechat_generations_total", "Finished generations by status.", "status")
 upstream_errors = Counter("livechat_upstream_errors_total", "Upstream failures by code.", "code")
 layer_drops = Counter(

@@ -10,11 +10,12 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from chat import startup  # noqa: E402
+from chat import direct_send, startup  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.socket_auth import SocketAuthMiddlewareStack  # noqa: E402
 
 startup.log_configuration()
+direct_send.install()
 
 application = ProtocolTypeRouter(
     {

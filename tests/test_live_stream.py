@@ -26,6 +26,13 @@ async def close_all(*viewers: Viewer) -> None:
         await viewer.close()
 
 
+async def frames_direct(session) -> float:
+    """The server's count of frames written straight to sockets (chat/direct_send.py)."""
+    text = (await session.http.get("/metrics")).text
+    line = next(x for x in text.splitlines() if x.startswith("livechat_frames_direct_total "))
+    return float(line.split()[1])
+
+
 async def test_three_viewers_see_the_same_stream_and_usage_is_stored(sessions, server):
     alice, bob = sessions["alice"], sessions["bob"]
     conv = await alice.create_conversation(members={"bob": "member"})
@@ -34,6 +41,7 @@ async def test_three_viewers_see_the_same_stream_and_usage_is_stored(sessions, s
         await alice.viewer(conv),
         await bob.viewer(conv),
     )
+    direct_before = await frames_direct(alice)
 
     _, placeholder = await tab1.prompt("Count to 100, with a comma between each number")
     assert placeholder["status"] == "streaming"
@@ -53,6 +61,9 @@ async def test_three_viewers_see_the_same_stream_and_usage_is_stored(sessions, s
     )
     for viewer in (tab2, bob_view):
         assert [(f["seq"], f["text"]) for f in viewer.delta_frames(placeholder["id"])] == reference
+    # Under daphne those frames were framed once per event and written to each socket
+    # directly, not through ASGI (and parsed fine by a standard client above).
+    assert await frames_direct(alice) - direct_before >= 3 * len(reference)
 
     stored = {m["id"]: m for m in await bob.messages(conv)}[placeholder["id"]]
     assert stored["status"] == "complete"

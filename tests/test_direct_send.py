@@ -1,0 +1,133 @@
+"""Frames written straight to a daphne socket (chat/direct_send.py), on real sockets and
+real Twisted and autobahn objects; the live tests run whole streams through it."""
+
+import functools
+import socket
+
+import pytest
+from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import selectreactor, tcp
+
+from chat import direct_send
+
+
+@pytest.fixture
+def pair():
+    """A Twisted TCP transport on one end of a socket pair, and the other end."""
+    ours, peer = socket.socketpair()
+    reactor = selectreactor.SelectReactor()  # never run: queued writes are driven by hand
+    transport = tcp.Connection(ours, None, reactor)
+    transport.connected = 1
+    peer.setblocking(False)
+    yield transport, peer, reactor
+    ours.close()
+    peer.close()
+
+
+def drain(peer: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_a_write_reaches_the_peer_without_a_reactor_turn(pair):
+    transport, peer, reactor = pair
+    direct_send.write_at_once(transport, b"frame one")
+    direct_send.write_at_once(transport, b"frame two")
+    assert drain(peer) == b"frame oneframe two"
+    assert transport.dataBuffer == b"" and transport._tempDataBuffer == []
+    assert transport not in reactor.getWriters()
+
+
+def test_what_the_socket_does_not_take_is_queued_in_order(pair):
+    transport, peer, reactor = pair
+    big = bytes(range(256)) * 40_000  # far more than a socket buffer holds
+    direct_send.write_at_once(transport, big)
+    assert transport._tempDataBuffer, "the kernel took it all: the test needs a fuller buffer"
+    assert transport in reactor.getWriters()  # Twisted sends the rest when writable
+    direct_send.write_at_once(transport, b"after")  # queued behind, never ahead
+    received = b""
+    while len(received) < len(big) + 5:
+        received += drain(peer)
+        transport.doWrite()
+    received += drain(peer)
+    assert received == big + b"after"
+    assert transport not in reactor.getWriters()
+
+
+def test_a_write_to_a_closed_peer_goes_the_queued_way(pair):
+    transport, peer, _ = pair
+    peer.close()
+    direct_send.write_at_once(transport, b"x" * 10)  # EPIPE or ECONNRESET: not raised here
+    lost = None
+    for _ in range(3):  # Twisted's own write finds the connection lost
+        lost = transport.doWrite()
+        if lost:
+            break
+    assert lost is not None and lost != 0
+
+
+def test_only_plain_tcp_transports_write_at_once(pair):
+    transport, _, _ = pair
+    direct_send.write_at_once_on(transport)
+    assert transport.write.func is direct_send.write_at_once
+    direct_send.write_at_once_on(transport)  # once only
+    assert transport.write.args == (transport,)
+    other = object.__new__(type("TLSLayer", (), {"write": lambda self, data: None}))
+    direct_send.write_at_once_on(other)
+    assert "write" not in vars(other)
+
+
+def test_prepared_frames_are_unmasked_final_text_frames():
+    short = direct_send.prepare('{"type":"delta","text":"é"}')
+    assert short[0] == 0x81 and short[1] == len('{"type":"delta","text":"é"}'.encode())
+    assert short[2:] == '{"type":"delta","text":"é"}'.encode()
+    long = direct_send.prepare("x" * 300)
+    assert long[:4] == bytes([0x81, 126, 1, 44]) and long[4:] == b"x" * 300
+
+
+def _open_protocol(transport) -> WebSocketProtocol:
+    direct_send.write_at_once_on(transport)  # what the installed onOpen does
+    protocol = WebSocketProtocol()
+    protocol.transport = transport
+    protocol.state = AutobahnProtocol.STATE_OPEN
+    protocol.send_queue = []
+    return protocol
+
+
+async def _handle_reply(protocol, message):  # the shape of daphne's ASGI `send`
+    raise AssertionError("the direct path must not go through ASGI")
+
+
+def test_a_daphne_send_gets_a_writer_and_anything_else_none(pair):
+    transport, peer, _ = pair
+    protocol = _open_protocol(transport)
+    write = direct_send.writer_for(functools.partial(_handle_reply, protocol))
+    assert write is not None
+    assert write(direct_send.prepare("hello")) is True
+    assert drain(peer) == direct_send.prepare("hello")
+    assert direct_send.writer_for(_handle_reply) is None
+    assert direct_send.writer_for(functools.partial(_handle_reply, object())) is None
+
+
+@pytest.mark.parametrize("state", ["closing", "closed", "queued"])
+def test_no_direct_write_unless_open_with_nothing_queued(pair, state):
+    transport, peer, _ = pair
+    protocol = _open_protocol(transport)
+    if state == "queued":
+        protocol.send_queue = [(b"earlier", False)]
+    else:
+        protocol.state = {
+            "closing": AutobahnProtocol.STATE_CLOSING,
+            "closed": AutobahnProtocol.STATE_CLOSED,
+        }[state]
+    write = direct_send.writer_for(functools.partial(_handle_reply, protocol))
+    assert write(direct_send.prepare("late")) is False  # the caller falls back to ASGI
+    assert drain(peer) == b""
