@@ -123,6 +123,8 @@ class Mode:
     direct_probes: int = 3
     quiet_wait_s: float = 0.0  # wait for a quiet machine before each step, at most this
     scale_out_max_steps: int = 99
+    # The steps scale-out tries when the sweep is not run (`--only scaleout --steps ...`).
+    scale_out_sweep: list[tuple[int, int]] | None = None
 
 
 MODES = {
@@ -1371,9 +1373,10 @@ async def run(
 async def scale_out(bench: Bench, mode: Mode, steps: list[dict[str, Any]]) -> dict[str, Any]:
     holding = [s for s in steps if s["holds"]]
     one = holding[-1] if holding else None
-    start = mode.sweep.index((one["streams"], one["viewers"])) if one else 0
+    sweep = mode.sweep or mode.scale_out_sweep or []
+    start = sweep.index((one["streams"], one["viewers"])) if one else 0
     two_steps = []
-    for streams, viewers in mode.sweep[start:]:
+    for streams, viewers in sweep[start:]:
         if (streams, viewers) == (1, 1):
             continue
         if len(two_steps) >= mode.scale_out_max_steps:
@@ -1586,7 +1589,7 @@ def main() -> None:
         if "ceilings" not in parts:
             mode.redis_n = mode.asgi_viewers = 0
         if "sweep" not in parts:
-            mode.sweep = []
+            mode.scale_out_sweep, mode.sweep = mode.sweep, []
         if "uncoalesced" not in parts:
             mode.uncoalesced = []
         if "layers" not in parts:

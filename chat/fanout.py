@@ -83,18 +83,29 @@ def pubsub_channel(conversation_id: uuid.UUID | str) -> str | None:
     `serialize`. None when the layer is not `RedisPubSubChannelLayer` on the one Redis
     of `REDIS_URL`: then use `publish`.
     """
+    return group_pubsub_channel(conversation_group(conversation_id))
+
+
+def group_pubsub_channel(group: str) -> str | None:
+    """The Redis channel of a group under the pub/sub layer (see `pubsub_channel`);
+    the hub subscribes to it directly (chat/redis_subscriber.py)."""
     layer = get_channel_layer()
     if not isinstance(layer, RedisPubSubChannelLayer) or not settings.REDIS_URL:
         return None
     loop_layer = layer._get_layer()  # the layer's naming is private: pinned in the lock
     if len(loop_layer._shards) != 1:
         return None
-    return loop_layer._get_group_channel_name(conversation_group(conversation_id))
+    return loop_layer._get_group_channel_name(group)
 
 
 def serialize(event: dict[str, Any]) -> bytes:
     """An event as the layer puts it on the wire (msgpack)."""
     return get_channel_layer().serialize(event)
+
+
+def deserialize(data: bytes) -> dict[str, Any]:
+    """An event from the layer's wire form."""
+    return get_channel_layer().deserialize(data)
 
 
 async def request_cancel(message_id: uuid.UUID | str) -> bool:

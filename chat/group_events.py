@@ -21,8 +21,38 @@ class GroupEvents:
     # before the first snapshot (None once it is sent).
     sent_seq: dict[str, int]
     _held: list[dict[str, Any]] | None = None
-    # Writes a prepared frame straight to the socket (daphne), or None: see forward.
+    # Writes a prepared frame straight to the socket (daphne), or None: see deliver_now.
     write_frame: direct_send.FrameWriter | None = None
+
+    def deliver_now(self, event: dict[str, Any]) -> bool:
+        """The common case of a group event, handled without awaiting anything: the
+        next delta, or a frame for every viewer, written straight to the socket under
+        daphne. Its frame is built once per event for every socket of this process (the
+        first socket keeps it in the event). False when `deliver` must handle it (held
+        before the snapshot, a gap, another event, a socket that is not open)."""
+        if self._held is not None or self.write_frame is None:
+            return False
+        kind = event.get("type")
+        if kind == "chat.delta":
+            message_id, seq = event["message_id"], event["seq"]
+            last = self.sent_seq.get(message_id, 0)
+            if seq <= last:
+                return True  # already shown (in the snapshot, or a resent delta)
+            if seq != last + 1 or not self._write_now(event):
+                return False
+            self.sent_seq[message_id] = seq
+            return True
+        return kind == "chat.frame" and self._write_now(event)
+
+    def _write_now(self, event: dict[str, Any]) -> bool:
+        frame = event.get("frame")
+        if frame is None:
+            frame = event["frame"] = direct_send.prepare(event["text"])
+        if not self.write_frame(frame):
+            return False
+        metrics.frames_sent.inc()
+        metrics.frames_direct.inc()
+        return True
 
     async def deliver(self, event: dict[str, Any]) -> None:
         """A conversation group event, from this process's hub."""
@@ -48,21 +78,6 @@ class GroupEvents:
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
         """A frame for every viewer, already serialized."""
-        await self.forward(event)
-
-    async def forward(self, event: dict[str, Any]) -> None:
-        """Send an event's frame text to this socket. Under daphne the frame is built
-        once per event for every socket of this process (the first one to forward it
-        keeps it in the event) and written to the connection directly."""
-        write = self.write_frame
-        if write is not None:
-            frame = event.get("frame")
-            if frame is None:
-                frame = event["frame"] = direct_send.prepare(event["text"])
-            if write(frame):
-                metrics.frames_sent.inc()
-                metrics.frames_direct.inc()
-                return
         await self.send(text_data=event["text"])
         metrics.frames_sent.inc()
 
@@ -79,7 +94,8 @@ class GroupEvents:
             await self.send_snapshot()
             return
         self.sent_seq[message_id] = seq
-        await self.forward(event)
+        await self.send(text_data=event["text"])
+        metrics.frames_sent.inc()
 
     async def refresh_group(self) -> None:
         """Renew this socket's group membership before the layer's group expiry."""

@@ -5,7 +5,9 @@ group event cost, per socket: a queue put and get, a msgpack decode, a task wake
 a round of `asyncio.wait` in Channels' dispatch loop, several times what sending the
 frame costs. The hub receives each event once per process and hands it to the local
 sockets of the conversation in turn (bench/REPORT.md measures both). Events keep their
-order: one pump per group delivers them one after another.
+order: one pump per group delivers them one after another. On the Redis pub/sub layer
+the hub subscribes to the group's Redis channel itself, on one connection of its own
+(chat/redis_subscriber.py); on other layers it joins the group with a layer channel.
 """
 
 import asyncio
@@ -15,12 +17,16 @@ from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
+from chat import fanout
 from chat.per_loop import PerLoop
+from chat.redis_subscriber import get_subscriber
 
 log = logging.getLogger(__name__)
 
 
 class Member(Protocol):
+    def deliver_now(self, event: dict[str, Any]) -> bool: ...
+
     async def deliver(self, event: dict[str, Any]) -> None: ...
 
 
@@ -28,7 +34,9 @@ class Member(Protocol):
 class _Group:
     ready: asyncio.Future[None]
     members: dict[Member, None] = field(default_factory=dict)  # insertion-ordered set
-    channel: str = ""
+    channel: str = ""  # the layer channel in the group, or
+    redis_channel: str | None = None  # the Redis channel subscribed to directly
+    payloads: asyncio.Queue[bytes] | None = None  # ... and its messages
     pump: asyncio.Task[None] | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # the pump awaits the layer
 
@@ -48,8 +56,12 @@ class Hub:
             self._groups[group] = entry
             layer = get_channel_layer()
             try:
-                entry.channel = await layer.new_channel()
-                await layer.group_add(group, entry.channel)
+                entry.redis_channel = fanout.group_pubsub_channel(group)
+                if entry.redis_channel is not None:
+                    entry.payloads = await get_subscriber().subscribe(entry.redis_channel)
+                else:
+                    entry.channel = await layer.new_channel()
+                    await layer.group_add(group, entry.channel)
             except BaseException as exc:
                 self._groups.pop(group, None)
                 entry.ready.set_exception(exc)
@@ -90,6 +102,9 @@ class Hub:
             await entry.idle.wait()
             entry.pump.cancel()
             await asyncio.gather(entry.pump, return_exceptions=True)
+        if entry.redis_channel is not None:
+            get_subscriber().unsubscribe(entry.redis_channel)
+            return
         try:
             await get_channel_layer().group_discard(group, entry.channel)
         except Exception:
@@ -97,11 +112,17 @@ class Hub:
 
     async def _pump(self, group: str, entry: _Group) -> None:
         layer = get_channel_layer()
+        payloads = entry.payloads
         while True:
             entry.idle.set()
             try:
-                event = await layer.receive(entry.channel)
-                entry.idle.clear()
+                if payloads is not None:
+                    payload = await payloads.get()
+                    entry.idle.clear()
+                    event = fanout.deserialize(payload)
+                else:
+                    event = await layer.receive(entry.channel)
+                    entry.idle.clear()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -110,7 +131,10 @@ class Hub:
                 continue
             for member in list(entry.members):
                 try:
-                    await member.deliver(event)
+                    # Most events to most sockets need no awaiting (a frame written
+                    # straight to the socket): no coroutine per socket for those.
+                    if not member.deliver_now(event):
+                        await member.deliver(event)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -9,7 +9,8 @@ from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import selectreactor, tcp
 
-from chat import direct_send
+from chat import direct_send, fanout
+from chat.group_events import GroupEvents
 
 
 @pytest.fixture
@@ -131,3 +132,56 @@ def test_no_direct_write_unless_open_with_nothing_queued(pair, state):
     write = direct_send.writer_for(functools.partial(_handle_reply, protocol))
     assert write(direct_send.prepare("late")) is False  # the caller falls back to ASGI
     assert drain(peer) == b""
+
+
+class Socket(GroupEvents):
+    """The group-event side of a consumer, writing to a list instead of a connection."""
+
+    def __init__(self, *, open_: bool = True) -> None:
+        self.sent_seq = {}
+        self.written: list[bytes] = []
+        self.open = open_
+        self.write_frame = self._write
+
+    def _write(self, frame: bytes) -> bool:
+        if self.open:
+            self.written.append(frame)
+        return self.open
+
+
+def delta(seq: int, text: str = "x") -> dict:
+    return fanout.delta_event("m1", seq, text)
+
+
+def test_the_next_delta_is_written_now_and_its_frame_built_once_for_every_socket():
+    sockets = [Socket(), Socket(), Socket()]
+    event = delta(1, "hi")
+    assert all(s.deliver_now(event) for s in sockets)
+    frames = [s.written[0] for s in sockets]
+    assert frames[0] == direct_send.prepare(event["text"])
+    assert frames[0] is frames[1] is frames[2]  # framed once, not per socket
+    assert all(s.sent_seq == {"m1": 1} for s in sockets)
+
+
+def test_deltas_already_shown_are_dropped_and_gaps_left_to_the_async_path():
+    socket_ = Socket()
+    socket_.sent_seq["m1"] = 3  # from its snapshot
+    assert socket_.deliver_now(delta(2)) is True and socket_.written == []
+    assert socket_.deliver_now(delta(3)) is True and socket_.written == []
+    assert socket_.deliver_now(delta(5)) is False  # 4 is missing: a snapshot heals it
+    assert socket_.written == [] and socket_.sent_seq["m1"] == 3
+    assert socket_.deliver_now(delta(4)) is True and socket_.sent_seq["m1"] == 4
+
+
+def test_what_cannot_be_written_now_is_left_to_the_async_path():
+    closing = Socket(open_=False)
+    assert closing.deliver_now(delta(1)) is False and closing.sent_seq == {}
+    held = Socket()
+    held._held = []  # connect has not sent its snapshot yet
+    assert held.deliver_now(delta(1)) is False and held.written == []
+    other_server = Socket()
+    other_server.write_frame = None
+    assert other_server.deliver_now(delta(1)) is False
+    frame_event = {"type": "chat.frame", "text": '{"type":"presence","viewers":[]}'}
+    assert Socket().deliver_now(frame_event) is True
+    assert Socket().deliver_now({"type": "chat.member_removed", "user_id": 1}) is False
