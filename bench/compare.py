@@ -1,5 +1,5 @@
-"""Two commits, the same load steps, one machine, one run: before/after figures that
-share the machine's state (this machine is shared and its speed drifts by the hour).
+"""Two or more commits, the same load steps, one machine, one run: before/after figures
+that share the machine's state (this machine is shared and its speed drifts by the hour).
 
     .venv/bin/python -m bench.compare aa1bd7e HEAD --steps 10x10,30x10 --rounds 2
 
@@ -47,11 +47,13 @@ def _row(rev: str, step: str, rnd: int, result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("revs", nargs=2, help="two commits, e.g. aa1bd7e HEAD")
+    parser.add_argument("revs", nargs="+", help="two or more commits, e.g. aa1bd7e HEAD")
     parser.add_argument("--steps", default="10x10,30x10")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=None, help="where the runs' JSON goes")
     args = parser.parse_args()
+    if len(args.revs) < 2:
+        parser.error("give at least two commits")
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-compare-"))
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-worktrees-"))

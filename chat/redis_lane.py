@@ -1,70 +1,70 @@
-"""Connections of their own for the one Redis round trip every flush makes.
+"""The connection of this process for the one Redis round trip every flush makes.
 
 A flush appends to the replay log and publishes the delta in one round trip. Through
-redis-py's client and pipeline that round trip also paid for a task per send (the
-socket timeout is an `asyncio.wait_for` on Python 3.11), a task for the shielded return
-of the pooled connection, and the pipeline's bookkeeping: more CPU than the commands
-themselves (bench/REPORT.md). Here a flush takes an idle connection of this loop's lane
-(or opens one), sends the packed commands and reads the replies under one
-`asyncio.timeout`, and puts it back. A connection that failed in any way is closed, so
-a half-read reply never reaches the next flush, and one that broke (a restarted Redis)
-takes the idle ones with it; the caller decides what a failed flush means (the relay
-publishes through the layer and rebuilds the log).
+redis-py each round trip paid for a pooled connection, a timeout task and its reply
+parsing in Python: more CPU than the commands themselves (bench/REPORT.md). Here all
+flushes of the process share one pipelined connection (chat/resp.py): each round trip
+is one write, its replies are matched in order however many are in flight, and the
+whole round trip runs under one `asyncio.timeout`. A connection that broke or timed out
+is closed, failing the round trips in flight; the next one opens a new connection. The
+caller decides what a failed flush means (the relay publishes through the layer and
+rebuilds the log).
 """
 
 import asyncio
-from typing import Any
 
+import hiredis
 from django.conf import settings
 from redis import exceptions as redis_errors
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
+from chat import resp
 from chat.per_loop import PerLoop
 
-# The whole round trip, connecting included: what `socket_timeout` was for the pipeline.
+# The whole round trip, connecting included.
 TIMEOUT_S = 5.0
-# Connections kept open between flushes; more are opened while more flushes overlap.
-IDLE_MAX = 32
-# Failures that say the connection, not the command, broke (asyncio.timeout raises the
-# builtin TimeoutError; a reset socket an OSError).
-BROKEN = (redis_errors.ConnectionError, redis_errors.TimeoutError, TimeoutError, OSError)
 
 
 class Lane:
     def __init__(self, url: str) -> None:
-        # The pool only makes connections (URL, TLS, auth); it never lends them.
-        self._factory = ConnectionPool.from_url(url, socket_connect_timeout=2)
-        self._idle: list[AbstractConnection] = []
+        self._url = url
+        self._connection: resp.RespConnection | None = None
+        self._connecting: asyncio.Future[resp.RespConnection] | None = None
 
-    async def round_trip(self, *commands: tuple[Any, ...]) -> list[Any]:
+    async def round_trip(self, *commands: resp.Command) -> list[object]:
         """Send `commands` in one write and return their replies, in order; raises the
-        first error reply, or the connection's error."""
-        conn = self._idle.pop() if self._idle else self._factory.make_connection()
-        try:
-            async with asyncio.timeout(TIMEOUT_S):
-                if not conn.is_connected:
-                    await conn.connect()
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-                replies = [await conn.read_response() for _ in commands]
-        except BaseException as exc:
-            await conn.disconnect(nowait=True)
-            if isinstance(exc, BROKEN):
-                # Redis restarted or the network broke: the idle connections are as
-                # stale as this one, and each would fail a flush of its own.
-                idle, self._idle = self._idle, []
-                for stale in idle:
-                    await stale.disconnect(nowait=True)
-            raise
-        if len(self._idle) < IDLE_MAX:
-            self._idle.append(conn)
-        else:
-            await conn.disconnect()
+        first error reply (redis-py's ResponseError), or the connection's error."""
+        async with asyncio.timeout(TIMEOUT_S):
+            connection = await self._connected()
+            try:
+                replies = await connection.call(*commands)
+            except BaseException:
+                # Broken, timed out or cancelled: a late reply must not stay pending on
+                # a connection that later round trips would wait behind.
+                connection.close()
+                raise
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise redis_errors.ResponseError(str(reply))
         return replies
+
+    async def _connected(self) -> resp.RespConnection:
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            return connection
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(resp.connect(self._url, name="livechat-lane"))
+            self._connecting.add_done_callback(self._connect_done)
+        return await asyncio.shield(self._connecting)
+
+    def _connect_done(self, attempt: asyncio.Future[resp.RespConnection]) -> None:
+        self._connecting = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._connection = attempt.result()
 
 
 _lanes: PerLoop[Lane] = PerLoop()
 
 
 def get_lane() -> Lane:
-    """The lane of the running loop (redis-py connections belong to their loop)."""
+    """The lane of the running loop (connections belong to their loop)."""
     return _lanes.get(lambda: Lane(settings.REDIS_URL))

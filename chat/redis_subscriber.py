@@ -20,97 +20,28 @@ chat/group_events.py). A connection that stops answering is noticed by a PING ev
 
 import asyncio
 import logging
-import ssl
-from collections import deque
 
-import hiredis
 from django.conf import settings
-from redis.asyncio.connection import parse_url
 
+from chat import resp
 from chat.per_loop import PerLoop
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_S = 5.0  # connecting, authenticating, or a subscription's confirmation
+TIMEOUT_S = 5.0  # a subscription's confirmation; a PING's answer
 PING_EVERY_S = 15.0
 RETRY_MAX_S = 1.0
-
-
-def _command(*args: bytes | str) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-class _Connection(asyncio.Protocol):
-    """One socket in subscriber mode; hands messages and confirmations to its owner."""
-
-    def __init__(self, owner: "Subscriber") -> None:
-        self.owner = owner
-        self.reader = hiredis.Reader()
-        self.transport: asyncio.Transport | None = None
-        self.replies: deque[asyncio.Future[object]] = deque()  # AUTH, before subscribing
-        self.client_id: object = None
-        self.loop = asyncio.get_running_loop()
-        self.data_at = self.loop.time()  # when data last arrived (the PING check)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.data_at = self.loop.time()
-        self.reader.feed(data)
-        queues = self.owner.queues
-        while (reply := self.reader.gets()) is not False:
-            if type(reply) is list and reply and reply[0] == b"message":
-                queue = queues.get(reply[1])
-                if queue is not None:
-                    queue.put_nowait(reply[2])
-            elif type(reply) is list and reply:
-                self.owner.confirm(reply)
-            elif self.replies:
-                waiter = self.replies.popleft()
-                if not waiter.done():
-                    waiter.set_result(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        for waiter in self.replies:
-            if not waiter.done():
-                waiter.set_exception(ConnectionError("Redis connection lost"))
-        self.owner.lost(self)
-
-    def send(self, *args: bytes | str) -> None:
-        if self.transport is not None:
-            self.transport.write(_command(*args))
-
-    async def call(self, *args: bytes | str) -> object:
-        """A command answered before subscribing (AUTH); raises an error reply."""
-        waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self.replies.append(waiter)
-        self.send(*args)
-        reply = await waiter
-        if isinstance(reply, hiredis.ReplyError):
-            raise ConnectionError(f"Redis refused {args[0]!r}: {reply}")
-        return reply
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 class Subscriber:
     """This process's subscriptions (per event loop: sockets belong to their loop)."""
 
     def __init__(self, url: str) -> None:
-        self._params = parse_url(url)
-        self._tls = url.startswith("rediss:")
+        self._url = url
         self.queues: dict[bytes, asyncio.Queue[bytes]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self._connection: _Connection | None = None
-        self._connecting: asyncio.Future[_Connection] | None = None
+        self._connection: resp.RespConnection | None = None
+        self._connecting: asyncio.Future[resp.RespConnection] | None = None
         self._retrying: asyncio.Task[None] | None = None
         self._pinging: asyncio.Task[None] | None = None
 
@@ -123,7 +54,7 @@ class Subscriber:
         confirmed = self._confirmations.get(name)
         if confirmed is None:
             confirmed = self._confirmations[name] = asyncio.get_running_loop().create_future()
-            connection.send("SUBSCRIBE", name)
+            connection.send(("SUBSCRIBE", name))
         try:
             async with asyncio.timeout(TIMEOUT_S):
                 await asyncio.shield(confirmed)
@@ -135,17 +66,23 @@ class Subscriber:
     def unsubscribe(self, channel: str) -> None:
         name = channel.encode()
         self._confirmations.pop(name, None)
-        if self.queues.pop(name, None) is not None and self._connection is not None:
-            self._connection.send("UNSUBSCRIBE", name)
+        connection = self._connection
+        if self.queues.pop(name, None) is not None and connection and connection.is_open:
+            connection.send(("UNSUBSCRIBE", name))
 
-    def confirm(self, reply: list) -> None:
-        """A subscription reply: `[b"subscribe", channel, count]` confirms a channel."""
-        if reply[0] == b"subscribe":
+    def _push(self, reply: list) -> None:
+        # `[b"message", channel, payload]`, the common case; or `[b"subscribe", channel,
+        # count]`, which confirms a channel; or an UNSUBSCRIBE or PING answer.
+        if reply[0] == b"message":
+            queue = self.queues.get(reply[1])
+            if queue is not None:
+                queue.put_nowait(reply[2])
+        elif reply[0] == b"subscribe":
             confirmed = self._confirmations.get(reply[1])
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
 
-    def lost(self, connection: _Connection) -> None:
+    def _lost(self, connection: resp.RespConnection) -> None:
         if connection is not self._connection:
             return
         self._connection = None
@@ -159,7 +96,7 @@ class Subscriber:
             log.warning("Redis pub/sub connection %s lost: reconnecting", connection.client_id)
             self._retrying = asyncio.get_running_loop().create_task(self._reconnect())
 
-    async def _connected(self) -> _Connection:
+    async def _connected(self) -> resp.RespConnection:
         if self._connection is not None:
             return self._connection
         if self._connecting is None:
@@ -167,49 +104,23 @@ class Subscriber:
             self._connecting.add_done_callback(self._connect_done)
         return await asyncio.shield(self._connecting)
 
-    def _connect_done(self, attempt: asyncio.Future[_Connection]) -> None:
+    def _connect_done(self, attempt: asyncio.Future[resp.RespConnection]) -> None:
         self._connecting = None
-        if not attempt.cancelled() and attempt.exception() is None and self.queues:
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        if self.queues and attempt.result().is_open:
             # Channels that were subscribed before a reconnect: all again, at once.
             names = list(self.queues)
             for name in names:
                 self._confirmations.setdefault(name, asyncio.get_running_loop().create_future())
-            attempt.result().send("SUBSCRIBE", *names)
+            attempt.result().send(("SUBSCRIBE", *names))
 
-    async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        params = self._params
-        async with asyncio.timeout(TIMEOUT_S):
-            if "path" in params:
-                _, connection = await loop.create_unix_connection(
-                    lambda: _Connection(self), params["path"]
-                )
-            else:
-                context = None
-                if self._tls:
-                    context = ssl.create_default_context()
-                    if params.get("ssl_cert_reqs") in ("none", "optional"):
-                        context.check_hostname = False
-                        context.verify_mode = ssl.CERT_NONE
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(self),
-                    params.get("host", "localhost"),
-                    params.get("port", 6379),
-                    ssl=context,
-                )
-            try:
-                if params.get("password"):
-                    user = [params["username"]] if params.get("username") else []
-                    await connection.call("AUTH", *user, params["password"])
-                # Named in CLIENT LIST for operators; the id is in log lines.
-                connection.client_id = await connection.call("CLIENT", "ID")
-                await connection.call("CLIENT", "SETNAME", "livechat-hub")
-            except BaseException:
-                connection.close()
-                raise
+    async def _connect(self) -> resp.RespConnection:
+        connection = await resp.connect(self._url, name="livechat-hub", on_push=self._push)
+        connection.on_lost = self._lost
         self._connection = connection
         if self._pinging is None or self._pinging.done():
-            self._pinging = loop.create_task(self._ping_forever())
+            self._pinging = asyncio.get_running_loop().create_task(self._ping_forever())
         return connection
 
     async def _reconnect(self) -> None:
@@ -235,10 +146,10 @@ class Subscriber:
         while True:
             await asyncio.sleep(PING_EVERY_S)
             connection = self._connection
-            if connection is None:
+            if connection is None or not connection.is_open:
                 continue
             sent_at = loop.time()
-            connection.send("PING")
+            connection.send(("PING",))
             await asyncio.sleep(TIMEOUT_S)
             if connection is self._connection and connection.data_at < sent_at:
                 log.warning("Redis pub/sub connection silent for %ss: reconnecting", TIMEOUT_S)

@@ -131,8 +131,11 @@ def sql_writes(monkeypatch):
 
 @pytest.fixture
 def round_trips(monkeypatch):
-    """Commands sent to Redis in one write (a pipeline is one), by what they carry."""
+    """Commands sent to Redis in one write (a pipeline is one), by what they carry: through
+    redis-py, or on this project's own connections (chat/resp.py: one write per call)."""
     from redis.asyncio import connection
+
+    from chat import resp
 
     sent: list[bytes] = []
     original = connection.Connection.send_packed_command
@@ -143,6 +146,14 @@ def round_trips(monkeypatch):
         return await original(self, command, check_health)
 
     monkeypatch.setattr(connection.Connection, "send_packed_command", counting)
+    encode = resp.encode
+
+    def encoding(commands):
+        data = encode(commands)
+        sent.append(data)
+        return data
+
+    monkeypatch.setattr(resp, "encode", encoding)
     return sent
 
 

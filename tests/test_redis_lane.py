@@ -1,5 +1,6 @@
-"""The flush's Redis lane against the real Redis: replies in order, errors raised, and a
-connection that failed is never reused (a reply left unread would answer the next flush)."""
+"""The flush's Redis lane against the real Redis: replies in order however many round
+trips are in flight on its one connection, errors raised without disturbing the replies
+after them, and a connection that broke or timed out replaced."""
 
 import asyncio
 import uuid
@@ -26,22 +27,37 @@ def lane_key():
 async def test_replies_come_back_in_order_on_one_connection(lane_key):
     lane = Lane(services.REDIS_BASE_URL)
     assert await lane.round_trip(("SET", lane_key, "1"), ("INCR", lane_key)) == [b"OK", 2]
+    first = lane._connection
     assert await lane.round_trip(
         ("GET", lane_key),
     ) == [b"2"]
-    assert len(lane._idle) == 1  # one connection, reused
+    assert lane._connection is first  # one connection, reused
 
 
-async def test_an_error_reply_is_raised_and_its_connection_is_not_reused(lane_key):
+async def test_an_error_reply_is_raised_and_the_replies_after_it_stay_matched(lane_key):
     lane = Lane(services.REDIS_BASE_URL)
     await lane.round_trip(("SET", lane_key, "1"))
     with pytest.raises(redis.exceptions.ResponseError):
-        # XADD without fields fails, and the GET's reply is still unread on that socket.
+        # XADD without fields fails; the GET's reply is still read as this call's.
         await lane.round_trip(("XADD", lane_key + ":s", "*", "s"), ("GET", lane_key))
-    assert lane._idle == []
     assert await lane.round_trip(
         ("INCR", lane_key),
     ) == [2]  # not the GET's b"1"
+
+
+async def test_a_round_trip_that_times_out_closes_the_connection(lane_key, monkeypatch):
+    from chat import redis_lane
+
+    lane = Lane(services.REDIS_BASE_URL)
+    await lane.round_trip(("SET", lane_key, "1"))
+    first = lane._connection
+    monkeypatch.setattr(redis_lane, "TIMEOUT_S", 0.2)
+    with pytest.raises(TimeoutError):
+        await lane.round_trip(("BLPOP", lane_key + ":empty", "1"))  # answers after 1 s
+    monkeypatch.setattr(redis_lane, "TIMEOUT_S", 5.0)
+    # The late answer can never be taken for the next round trip's.
+    assert await lane.round_trip(("INCR", lane_key)) == [2]
+    assert lane._connection is not first
 
 
 async def test_overlapping_round_trips_each_get_their_own_replies(lane_key):
@@ -52,16 +68,18 @@ async def test_overlapping_round_trips_each_get_their_own_replies(lane_key):
     assert replies == [[f"a{n}".encode(), f"b{n}".encode()] for n in range(20)]
 
 
-async def test_after_redis_drops_the_lanes_connections_one_round_trip_fails_not_each(lane_key):
+async def test_after_redis_drops_the_connection_the_round_trips_in_flight_fail_then_it_heals(
+    lane_key,
+):
     import redis as sync_redis
 
     lane = Lane(services.REDIS_BASE_URL)
-    ids = await asyncio.gather(*(lane.round_trip(("CLIENT", "ID")) for _ in range(3)))
-    assert len(lane._idle) == 3
+    [client_id] = await lane.round_trip(("CLIENT", "ID"))
     admin = sync_redis.Redis.from_url(services.REDIS_BASE_URL)
-    for (client_id,) in ids:  # what a Redis restart does to every open connection
-        admin.execute_command("CLIENT", "KILL", "ID", client_id)
-    with pytest.raises((redis.exceptions.ConnectionError, OSError)):
-        await lane.round_trip(("INCR", lane_key))
-    assert lane._idle == []  # the other two were as stale: dropped, not tried
+    admin.execute_command("CLIENT", "KILL", "ID", client_id)  # what a Redis restart does
+    results = await asyncio.gather(
+        *(lane.round_trip(("INCR", lane_key)) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, ConnectionError) for r in results), results
     assert await lane.round_trip(("INCR", lane_key)) == [1]
+    assert await lane.round_trip(("CLIENT", "ID")) != [client_id]

@@ -122,3 +122,19 @@ async def test_the_password_of_the_url_is_used_and_a_wrong_one_refused(redis_wit
     assert await received(queue, 1) == [b"hello"]
     with pytest.raises(ConnectionError):
         await Subscriber(f"redis://:wrong@127.0.0.1:{port}/0").subscribe("guarded")
+
+
+async def test_a_ping_after_the_last_channel_is_gone_is_no_error(channel, monkeypatch, caplog):
+    # With no channel left Redis leaves subscriber mode and answers PING with +PONG.
+    monkeypatch.setattr(redis_subscriber, "PING_EVERY_S", 0.05)
+    monkeypatch.setattr(redis_subscriber, "TIMEOUT_S", 0.05)
+    subscriber = Subscriber(services.REDIS_BASE_URL)
+    await subscriber.subscribe(channel)
+    connection = subscriber._connection
+    subscriber.unsubscribe(channel)
+    await asyncio.sleep(0.2)
+    unsubscribed_by = connection.data_at
+    await until(lambda: connection.data_at > unsubscribed_by, "a PING answered")
+    await asyncio.sleep(0.2)  # and more
+    assert connection.is_open and subscriber._connection is connection
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
