@@ -10,7 +10,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from chat import direct_send, startup  # noqa: E402
+from chat import direct_send, gc_tuning, startup  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.socket_auth import SocketAuthMiddlewareStack  # noqa: E402
 
@@ -25,3 +25,6 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Last: what is loaded by now lives as long as the process (chat/gc_tuning.py).
+gc_tuning.tune_for_serving()

@@ -186,6 +186,11 @@ STREAM_STALE_S = env_float("STREAM_STALE_S", 15.0)
 STREAM_SWEEP_INTERVAL_S = env_float("STREAM_SWEEP_INTERVAL_S", 10.0)
 STREAM_HISTORY_MESSAGES = env_int("STREAM_HISTORY_MESSAGES", 40)
 
+# The garbage collector's thresholds in a server process (chat/gc_tuning.py).
+GC_THRESHOLDS = tuple(int(x) for x in env_str("GC_THRESHOLDS", "2000,10,100").split(","))
+if len(GC_THRESHOLDS) != 3 or min(GC_THRESHOLDS) < 1:
+    raise ImproperlyConfigured("GC_THRESHOLDS must be three positive integers, e.g. 2000,10,100.")
+
 # Limits.
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 256 * 1024)
 PROMPT_MAX_CHARS = env_int("PROMPT_MAX_CHARS", 32_000)
