@@ -97,8 +97,9 @@ class Subscriber:
             self._retrying = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _connected(self) -> resp.RespConnection:
-        if self._connection is not None:
-            return self._connection
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            return connection
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
             self._connecting.add_done_callback(self._connect_done)
