@@ -12,7 +12,7 @@ import logging
 
 from django.conf import settings
 
-from chat import upstream
+from chat import moderation, upstream
 
 log = logging.getLogger(__name__)
 
@@ -40,5 +40,13 @@ async def drain() -> None:
     )
     await registry.wait_idle(settings.DRAIN_S)
     await registry.shutdown()
+    # Answers that just finished are being moderated through the same client: let those
+    # calls end (each is bounded by MODERATION_TIMEOUT_S) before the client closes under
+    # them. A case left pending is retried by any process later.
+    try:
+        async with asyncio.timeout(settings.MODERATION_TIMEOUT_S + 1):
+            await moderation.drain()
+    except TimeoutError:
+        log.warning("draining: moderation calls still running; their cases stay pending")
     await upstream.close_client()
     log.info("drained")

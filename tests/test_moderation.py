@@ -305,6 +305,25 @@ async def test_the_moderation_call_never_delays_done(users, conversation, monkey
     await alice.disconnect()
 
 
+async def test_a_process_drain_lets_running_moderation_calls_finish_first(
+    users, conversation, monkeypatch
+):
+    from chat import drain
+
+    monkeypatch.setattr(drain, "_draining", False)  # restored: other tests serve on
+    alice = await connect(users["alice"], conversation.id)
+    # The moderated text makes the (in-process) moderation call take 300 ms.
+    done = await ask(alice, sim_reply("flagme slowly [[sim ttft_ms=300]]"))
+    await alice.disconnect()
+    await asyncio.sleep(0.05)  # the call is under way
+
+    await drain.drain()  # SIGTERM: sockets moved, answers stored, the client closed
+
+    case = await ModerationCase.objects.aget(message_id=done["id"])
+    # Judged before the shared client closed, not failed with "client has been closed".
+    assert (case.state, case.attempts, case.last_error) == (State.FLAGGED, 1, "")
+
+
 async def test_an_outage_leaves_cases_pending_and_the_retry_clears_them(
     users, conversation, settings
 ):

@@ -53,7 +53,8 @@ Written anywhere in the last user message as ``[[sim key=value key=value ...]]``
 directive is removed from the prompt before the reply is computed. Several directives
 merge (later keys win). Unknown keys and malformed values are ignored.
 
-``ttft_ms=F``       delay before the first chunk (default: server/transport setting).
+``ttft_ms=F``       delay before the first chunk (default: server/transport setting); in a
+                    moderation input, delay before the moderation answer (default 0).
 ``chunk_ms=F``      delay between content chunks (default: server/transport setting).
 ``fault=http_429``  429 before any stream, error type "requests", code
                     "rate_limit_exceeded", headers ``retry-after-ms: <retry_after_ms>``
@@ -743,12 +744,14 @@ class Simulator:
         """Plan a moderation response (or an HTTP fault named in an input)."""
         body = self._decode(raw)
         inputs = moderation_inputs(body)
+        delay_s = 0.0
         for text in inputs:
             _, directives = parse_directives(text)
             fault = self.take_fault(text, directives)
             early = fault_plan(fault) if fault else None
             if early is not None:
                 return early
+            delay_s = max(delay_s, _float(directives.get("ttft_ms"), 0.0) / 1000)
         model = body.get("model") or "omni-moderation-latest"
         return json_plan(
             200,
@@ -757,6 +760,7 @@ class Simulator:
                 "model": model,
                 "results": [moderation_result(text) for text in inputs],
             },
+            delay=delay_s,
         )
 
     def _models(self, _raw: bytes) -> Plan:
