@@ -34,15 +34,19 @@ class GroupEvents:
             return False
         kind = event.get("type")
         if kind == "chat.delta":
-            message_id, seq = event["message_id"], event["seq"]
-            last = self.sent_seq.get(message_id, 0)
-            if seq <= last:
+            step = self._delta_step(event)
+            if step <= 0:
                 return True  # already shown (in the snapshot, or a resent delta)
-            if seq != last + 1 or not self._write_now(event):
+            if step > 1 or not self._write_now(event):
                 return False
-            self.sent_seq[message_id] = seq
+            self.sent_seq[event["message_id"]] = event["seq"]
             return True
         return kind == "chat.frame" and self._write_now(event)
+
+    def _delta_step(self, event: dict[str, Any]) -> int:
+        """How far a delta is past what this socket has shown of its message: 1 for the
+        next one, 0 or less when already shown, more when some were lost before it."""
+        return event["seq"] - self.sent_seq.get(event["message_id"], 0)
 
     def _write_now(self, event: dict[str, Any]) -> bool:
         frame = event.get("frame")
@@ -85,12 +89,14 @@ class GroupEvents:
         """A delta: forwarded if it is the next one, dropped if already shown, and
         replaced by a snapshot if some were lost before it."""
         message_id, seq = event["message_id"], event["seq"]
-        last = self.sent_seq.get(message_id, 0)
-        if seq <= last:
+        step = self._delta_step(event)
+        if step <= 0:
             return
-        if seq > last + 1:
-            metrics.layer_drops.inc(seq - last - 1)
-            log.info("socket missed deltas %d..%d of %s: resyncing", last + 1, seq - 1, message_id)
+        if step > 1:
+            metrics.layer_drops.inc(step - 1)
+            log.info(
+                "socket missed deltas %d..%d of %s: resyncing", seq - step + 1, seq - 1, message_id
+            )
             await self.send_snapshot()
             return
         self.sent_seq[message_id] = seq

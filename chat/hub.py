@@ -117,12 +117,10 @@ class Hub:
             entry.idle.set()
             try:
                 if payloads is not None:
-                    payload = await payloads.get()
-                    entry.idle.clear()
-                    event = fanout.deserialize(payload)
+                    event = fanout.deserialize(await payloads.get())
                 else:
                     event = await layer.receive(entry.channel)
-                    entry.idle.clear()
+                entry.idle.clear()
             except asyncio.CancelledError:
                 raise
             except Exception:

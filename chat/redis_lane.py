@@ -26,15 +26,13 @@ TIMEOUT_S = 5.0
 
 class Lane:
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._connection: resp.RespConnection | None = None
-        self._connecting: asyncio.Future[resp.RespConnection] | None = None
+        self._link = resp.OnDemand(lambda: resp.connect(url, name="livechat-lane"))
 
     async def round_trip(self, *commands: resp.Command) -> list[object]:
         """Send `commands` in one write and return their replies, in order; raises the
         first error reply (redis-py's ResponseError), or the connection's error."""
         async with asyncio.timeout(TIMEOUT_S):
-            connection = await self._connected()
+            connection = await self._link.get()
             try:
                 replies = await connection.call(*commands)
             except BaseException:
@@ -46,20 +44,6 @@ class Lane:
             if isinstance(reply, hiredis.ReplyError):
                 raise redis_errors.ResponseError(str(reply))
         return replies
-
-    async def _connected(self) -> resp.RespConnection:
-        connection = self._connection
-        if connection is not None and connection.is_open:
-            return connection
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(resp.connect(self._url, name="livechat-lane"))
-            self._connecting.add_done_callback(self._connect_done)
-        return await asyncio.shield(self._connecting)
-
-    def _connect_done(self, attempt: asyncio.Future[resp.RespConnection]) -> None:
-        self._connecting = None
-        if not attempt.cancelled() and attempt.exception() is None:
-            self._connection = attempt.result()
 
 
 _lanes: PerLoop[Lane] = PerLoop()

@@ -40,8 +40,7 @@ class Subscriber:
         self._url = url
         self.queues: dict[bytes, asyncio.Queue[bytes]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self._connection: resp.RespConnection | None = None
-        self._connecting: asyncio.Future[resp.RespConnection] | None = None
+        self._link = resp.OnDemand(self._connect)
         self._retrying: asyncio.Task[None] | None = None
         self._pinging: asyncio.Task[None] | None = None
 
@@ -49,7 +48,7 @@ class Subscriber:
         """Subscribe to a Redis channel; its messages' payloads arrive on the returned
         queue, in order. Raises when Redis cannot be reached or does not confirm."""
         name = channel.encode()
-        connection = await self._connected()
+        connection = await self._link.get()
         queue = self.queues.setdefault(name, asyncio.Queue())
         confirmed = self._confirmations.get(name)
         if confirmed is None:
@@ -66,7 +65,7 @@ class Subscriber:
     def unsubscribe(self, channel: str) -> None:
         name = channel.encode()
         self._confirmations.pop(name, None)
-        connection = self._connection
+        connection = self._link.connection
         if self.queues.pop(name, None) is not None and connection and connection.is_open:
             connection.send(("UNSUBSCRIBE", name))
 
@@ -83,9 +82,9 @@ class Subscriber:
                 confirmed.set_result(None)
 
     def _lost(self, connection: resp.RespConnection) -> None:
-        if connection is not self._connection:
+        if connection is not self._link.connection:
             return
-        self._connection = None
+        self._link.connection = None
         error = ConnectionError("Redis connection lost")
         for name, confirmed in list(self._confirmations.items()):
             if not confirmed.done():
@@ -96,30 +95,15 @@ class Subscriber:
             log.warning("Redis pub/sub connection %s lost: reconnecting", connection.client_id)
             self._retrying = asyncio.get_running_loop().create_task(self._reconnect())
 
-    async def _connected(self) -> resp.RespConnection:
-        connection = self._connection
-        if connection is not None and connection.is_open:
-            return connection
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-            self._connecting.add_done_callback(self._connect_done)
-        return await asyncio.shield(self._connecting)
-
-    def _connect_done(self, attempt: asyncio.Future[resp.RespConnection]) -> None:
-        self._connecting = None
-        if attempt.cancelled() or attempt.exception() is not None:
-            return
-        if self.queues and attempt.result().is_open:
+    async def _connect(self) -> resp.RespConnection:
+        connection = await resp.connect(self._url, name="livechat-hub", on_push=self._push)
+        connection.on_lost = self._lost
+        if self.queues:
             # Channels that were subscribed before a reconnect: all again, at once.
             names = list(self.queues)
             for name in names:
                 self._confirmations.setdefault(name, asyncio.get_running_loop().create_future())
-            attempt.result().send(("SUBSCRIBE", *names))
-
-    async def _connect(self) -> resp.RespConnection:
-        connection = await resp.connect(self._url, name="livechat-hub", on_push=self._push)
-        connection.on_lost = self._lost
-        self._connection = connection
+            connection.send(("SUBSCRIBE", *names))
         if self._pinging is None or self._pinging.done():
             self._pinging = asyncio.get_running_loop().create_task(self._ping_forever())
         return connection
@@ -127,10 +111,10 @@ class Subscriber:
     async def _reconnect(self) -> None:
         pause = 0.0
         try:
-            while self.queues and self._connection is None:
+            while self.queues and self._link.connection is None:
                 await asyncio.sleep(pause)
                 try:
-                    await self._connected()
+                    await self._link.get()
                 except Exception as exc:
                     log.debug("Redis pub/sub reconnect failed: %r", exc)
                     pause = min(max(pause * 2, 0.1), RETRY_MAX_S)
@@ -146,13 +130,13 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(PING_EVERY_S)
-            connection = self._connection
+            connection = self._link.connection
             if connection is None or not connection.is_open:
                 continue
             sent_at = loop.time()
             connection.send(("PING",))
             await asyncio.sleep(TIMEOUT_S)
-            if connection is self._connection and connection.data_at < sent_at:
+            if connection is self._link.connection and connection.data_at < sent_at:
                 log.warning("Redis pub/sub connection silent for %ss: reconnecting", TIMEOUT_S)
                 connection.close()
 

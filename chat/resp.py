@@ -13,7 +13,7 @@ because Redis answers in order. On a subscribed connection every array reply
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import hiredis
 from redis.asyncio.connection import parse_url
@@ -158,3 +158,30 @@ async def connect(url: str, *, name: str, on_push: Callable[[list], None] | None
             conn.close()
             raise
     return conn
+
+
+class OnDemand:
+    """One connection at a time, made by `make` when first asked for and again once it
+    has closed; callers that ask while it is being made share that attempt."""
+
+    def __init__(self, make: Callable[[], Awaitable[RespConnection]]) -> None:
+        self._make = make
+        self.connection: RespConnection | None = None
+        self._making: asyncio.Future[RespConnection] | None = None
+
+    async def get(self) -> RespConnection:
+        connection = self.connection
+        if connection is not None and connection.is_open:
+            return connection
+        if self._making is None:
+            self._making = asyncio.ensure_future(self._attempt())
+            # Retrieved even when every caller gave up (timeout): no "never retrieved".
+            self._making.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await asyncio.shield(self._making)
+
+    async def _attempt(self) -> RespConnection:
+        try:
+            self.connection = await self._make()
+            return self.connection
+        finally:
+            self._making = None

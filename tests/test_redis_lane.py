@@ -27,11 +27,11 @@ def lane_key():
 async def test_replies_come_back_in_order_on_one_connection(lane_key):
     lane = Lane(services.REDIS_BASE_URL)
     assert await lane.round_trip(("SET", lane_key, "1"), ("INCR", lane_key)) == [b"OK", 2]
-    first = lane._connection
+    first = lane._link.connection
     assert await lane.round_trip(
         ("GET", lane_key),
     ) == [b"2"]
-    assert lane._connection is first  # one connection, reused
+    assert lane._link.connection is first  # one connection, reused
 
 
 async def test_an_error_reply_is_raised_and_the_replies_after_it_stay_matched(lane_key):
@@ -50,14 +50,14 @@ async def test_a_round_trip_that_times_out_closes_the_connection(lane_key, monke
 
     lane = Lane(services.REDIS_BASE_URL)
     await lane.round_trip(("SET", lane_key, "1"))
-    first = lane._connection
+    first = lane._link.connection
     monkeypatch.setattr(redis_lane, "TIMEOUT_S", 0.2)
     with pytest.raises(TimeoutError):
         await lane.round_trip(("BLPOP", lane_key + ":empty", "1"))  # answers after 1 s
     monkeypatch.setattr(redis_lane, "TIMEOUT_S", 5.0)
     # The late answer can never be taken for the next round trip's.
     assert await lane.round_trip(("INCR", lane_key)) == [2]
-    assert lane._connection is not first
+    assert lane._link.connection is not first
 
 
 async def test_overlapping_round_trips_each_get_their_own_replies(lane_key):

@@ -62,13 +62,13 @@ async def test_a_killed_connection_is_replaced_and_its_channels_subscribed_again
 ):
     subscriber = Subscriber(services.REDIS_BASE_URL)
     queue = await subscriber.subscribe(channel)
-    first = subscriber._connection
+    first = subscriber._link.connection
     names = {c["name"] for c in publisher.client_list(_type="pubsub")}
     assert "livechat-hub" in names
     publisher.execute_command("CLIENT", "KILL", "ID", first.client_id)  # as a restart does
 
     await until(lambda: publisher.publish(channel, "after") == 1, "the resubscription")
-    assert subscriber._connection is not first
+    assert subscriber._link.connection is not first
     assert await received(queue, 1) == [b"after"]
 
 
@@ -77,10 +77,10 @@ async def test_a_silent_connection_is_dropped_and_replaced(channel, publisher, m
     monkeypatch.setattr(redis_subscriber, "TIMEOUT_S", 0.5)
     subscriber = Subscriber(services.REDIS_BASE_URL)
     queue = await subscriber.subscribe(channel)
-    first = subscriber._connection
+    first = subscriber._link.connection
     first.transport.pause_reading()  # nothing arrives any more: a partition, as seen here
 
-    await until(lambda: subscriber._connection not in (None, first), "a new connection")
+    await until(lambda: subscriber._link.connection not in (None, first), "a new connection")
     await until(lambda: publisher.publish(channel, "again") == 1, "the resubscription")
     assert (await received(queue, 1))[-1] == b"again"
 
@@ -130,11 +130,11 @@ async def test_a_ping_after_the_last_channel_is_gone_is_no_error(channel, monkey
     monkeypatch.setattr(redis_subscriber, "TIMEOUT_S", 0.05)
     subscriber = Subscriber(services.REDIS_BASE_URL)
     await subscriber.subscribe(channel)
-    connection = subscriber._connection
+    connection = subscriber._link.connection
     subscriber.unsubscribe(channel)
     await asyncio.sleep(0.2)
     unsubscribed_by = connection.data_at
     await until(lambda: connection.data_at > unsubscribed_by, "a PING answered")
     await asyncio.sleep(0.2)  # and more
-    assert connection.is_open and subscriber._connection is connection
+    assert connection.is_open and subscriber._link.connection is connection
     assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
