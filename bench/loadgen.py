@@ -40,6 +40,10 @@ from bench.wsclient import WSClient, open_ws
 
 loads = json.loads
 
+# The websocket subprotocol that asks for deltas as ["d", message_id, seq, text].
+COMPACT_SUBPROTOCOL = "livechat.compact"
+FORMS = ("long", "compact")
+
 
 class MsgState:
     __slots__ = ("chars", "done_at", "final_seq", "gaps", "last", "pieces", "records", "status")
@@ -58,10 +62,11 @@ class MsgState:
 class Viewer:
     """One socket's protocol state and counters."""
 
-    def __init__(self, gen: LoadGen, vid: int, conv: int) -> None:
+    def __init__(self, gen: LoadGen, vid: int, conv: int, compact: bool = False) -> None:
         self.gen = gen
         self.vid = vid
         self.conv = conv
+        self.compact = compact  # offered the compact delta subprotocol
         self.ws: WSClient | None = None
         self.snapshot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.frames = 0
@@ -84,37 +89,12 @@ class Viewer:
             self.t_first = now
         self.t_last = now
         head = payload[:15]
-        if head == b'{"type":"delta"':
+        if head[:5] == b'["d",':
+            _, mid, seq, text = loads(payload)
+            self.on_delta(len(payload), mid, seq, text, now)
+        elif head == b'{"type":"delta"':
             f = loads(payload)
-            mid, seq, text = f["message_id"], f["seq"], f["text"]
-            st = self.msgs.get(mid)
-            if st is None:
-                st = self.msgs[mid] = MsgState()
-            n = len(payload)
-            text_bytes = len(text.encode())
-            frame_bytes = n + (2 if n < 126 else 4 if n < 65536 else 10)
-            self.delta_frames += 1
-            self.delta_bytes += frame_bytes
-            self.delta_text_bytes += text_bytes
-            if frame_bytes - text_bytes > self.max_overhead:
-                self.max_overhead = frame_bytes - text_bytes
-            last = st.last
-            if seq == last + 1:
-                st.last = seq
-            elif seq <= last:
-                if seq in st.gaps:
-                    st.gaps.discard(seq)
-                    self.out_of_order += 1
-                else:
-                    self.duplicated += 1
-                return  # its text was not appended in order: do not count it twice
-            else:
-                st.gaps.update(range(last + 1, seq))
-                st.last = seq
-            c0 = st.chars
-            st.chars = c0 + len(text)
-            st.records.append((now, c0, st.chars))
-            st.pieces.append(text)
+            self.on_delta(len(payload), f["message_id"], f["seq"], f["text"], now)
         elif head == b'{"type":"done",':
             m = loads(payload)["message"]
             st = self.msgs.get(m["id"])
@@ -146,6 +126,36 @@ class Viewer:
                 st.chars = len(m["content"])
                 st.records.append((now, c0, st.chars))
                 st.last = m["seq"]
+
+    def on_delta(self, n: int, mid: str, seq: int, text: str, now: float) -> None:
+        """A delta frame of `n` payload bytes, in either form."""
+        st = self.msgs.get(mid)
+        if st is None:
+            st = self.msgs[mid] = MsgState()
+        text_bytes = len(text.encode())
+        frame_bytes = n + (2 if n < 126 else 4 if n < 65536 else 10)
+        self.delta_frames += 1
+        self.delta_bytes += frame_bytes
+        self.delta_text_bytes += text_bytes
+        if frame_bytes - text_bytes > self.max_overhead:
+            self.max_overhead = frame_bytes - text_bytes
+        last = st.last
+        if seq == last + 1:
+            st.last = seq
+        elif seq <= last:
+            if seq in st.gaps:
+                st.gaps.discard(seq)
+                self.out_of_order += 1
+            else:
+                self.duplicated += 1
+            return  # its text was not appended in order: do not count it twice
+        else:
+            st.gaps.update(range(last + 1, seq))
+            st.last = seq
+        c0 = st.chars
+        st.chars = c0 + len(text)
+        st.records.append((now, c0, st.chars))
+        st.pieces.append(text)
 
 
 class LoadGen:
@@ -183,7 +193,7 @@ class LoadGen:
         t0 = time.monotonic()
 
         async def one(spec: dict) -> None:
-            v = Viewer(self, spec["id"], spec["conv"])
+            v = Viewer(self, spec["id"], spec["conv"], spec.get("compact", False))
             async with sem:
                 try:
                     v.ws = await open_ws(
@@ -193,6 +203,7 @@ class LoadGen:
                         origin=spec["origin"],
                         cookie=spec["cookie"],
                         on_text=v.on_text,
+                        subprotocol=COMPACT_SUBPROTOCOL if v.compact else None,
                         timeout=30,
                     )
                     if not raw:
@@ -279,7 +290,8 @@ class LoadGen:
         per_stream: list[dict[str, Any]] = []
         lost = dup = ooo = corrupt = incomplete = resyncs = 0
         deliveries: list[float] = []
-        frame_bytes = text_bytes = frames = max_overhead = 0
+        # Delta frame bytes by form: the long (protocol) form and the compact one.
+        wire = {form: dict.fromkeys(("frames", "bytes", "text", "max"), 0) for form in FORMS}
         for conv, s in self.streams.items():
             mid = s.get("mid")
             stamps = records.get(s["prompt_key"])
@@ -338,10 +350,11 @@ class LoadGen:
             ooo += v.out_of_order
             resyncs += v.resyncs
             lost += v.resync_lost
-            frames += v.delta_frames
-            frame_bytes += v.delta_bytes
-            text_bytes += v.delta_text_bytes
-            max_overhead = max(max_overhead, v.max_overhead)
+            w = wire["compact" if v.compact else "long"]
+            w["frames"] += v.delta_frames
+            w["bytes"] += v.delta_bytes
+            w["text"] += v.delta_text_bytes
+            w["max"] = max(w["max"], v.max_overhead)
             v.duplicated = v.out_of_order = v.resyncs = v.resync_lost = 0
             v.delta_frames = v.delta_bytes = v.delta_text_bytes = v.max_overhead = 0
         ok = [p for p in per_stream if "ttft_ms" in p]
@@ -371,12 +384,13 @@ class LoadGen:
             ("corrupt_texts", corrupt),
             ("incomplete_viewers", incomplete),
             ("resyncs", resyncs),
-            ("delta_frames", frames),
-            ("frame_bytes", frame_bytes),
-            ("text_bytes", text_bytes),
         ):
             acc[k] = acc.get(k, 0) + int(v)
-        acc["max_overhead_bytes"] = max(acc.get("max_overhead_bytes", 0), max_overhead)
+        for form, w in wire.items():
+            into = acc["wire"][form]
+            for k in ("frames", "bytes", "text"):
+                into[k] += w[k]
+            into["max"] = max(into["max"], w["max"])
         flushes = 0
         for c, s in self.streams.items():
             if s.get("mid") and self.by_conv.get(c):
@@ -395,7 +409,7 @@ class LoadGen:
         """Figures over every round collected since the last summary; then forget them."""
         acc, self.acc = self.acc, _new_acc()
         lat = np.concatenate(acc["lat"]) if acc["lat"] else np.zeros(0)
-        frames = acc.get("delta_frames", 0)
+        long, compact = acc["wire"]["long"], acc["wire"]["compact"]
         return {
             "latency_ms": _pct(lat),
             "latency_samples": int(lat.size),
@@ -409,12 +423,11 @@ class LoadGen:
             "corrupt_texts": acc.get("corrupt_texts", 0),
             "incomplete_viewers": acc.get("incomplete_viewers", 0),
             "resyncs": acc.get("resyncs", 0),
-            "delta_frames": frames,
-            "bytes_per_delta_frame": round(acc["frame_bytes"] / frames, 1) if frames else None,
-            "overhead_bytes_per_delta_frame": (
-                round((acc["frame_bytes"] - acc["text_bytes"]) / frames, 1) if frames else None
-            ),
-            "max_overhead_bytes": acc.get("max_overhead_bytes", 0),
+            "delta_frames": long["frames"] + compact["frames"],
+            "compact_delta_frames": compact["frames"],
+            # The protocol's delta form, then the compact one (half the viewers offer it).
+            **_wire_figures(long, ""),
+            **_wire_figures(compact, "compact_"),
         }
 
     async def cmd_blast(self, rounds: int, size: int, timeout: float = 60):
@@ -465,7 +478,21 @@ class LoadGen:
 
 
 def _new_acc() -> dict[str, Any]:
-    return {"lat": [], "lat_since_start": [], "first": [], "lags": []}
+    wire = {form: dict.fromkeys(("frames", "bytes", "text", "max"), 0) for form in FORMS}
+    return {"lat": [], "lat_since_start": [], "first": [], "lags": [], "wire": wire}
+
+
+def _wire_figures(w: dict[str, int], prefix: str) -> dict[str, Any]:
+    """Bytes on the wire per delta frame (websocket header + payload) and, of them, what
+    is not the text, averaged and at most."""
+    frames = w["frames"]
+    return {
+        f"{prefix}bytes_per_delta_frame": round(w["bytes"] / frames, 1) if frames else None,
+        f"{prefix}overhead_bytes_per_delta_frame": (
+            round((w["bytes"] - w["text"]) / frames, 1) if frames else None
+        ),
+        f"{prefix}max_overhead_bytes": w["max"] if frames else None,
+    }
 
 
 def _by_second(lat: np.ndarray, since_start: list[np.ndarray]) -> list[dict[str, Any]]:

@@ -215,6 +215,7 @@ def render(results: dict[str, Any]) -> str:
         "redis_commands_per_flush",
         "db_writes_per_message",
         "bytes_per_delta_frame_overhead",
+        "compact_bytes_per_delta_frame_overhead",
         "heaviest_holding_step",
     ):
         out.append(f"| `{key}` | {_fmt(results.get(key))} |")

@@ -576,6 +576,9 @@ class Bench:
                         "cookie": self.cookies[user],
                         "origin": server.url,
                         "asker": j == 0,
+                        # Every other viewer asks for the compact delta form, as the
+                        # app's page does; the rest get the protocol's long form.
+                        "compact": j % 2 == 1,
                     }
                 )
                 vid += 1
@@ -962,6 +965,12 @@ class Bench:
             "bytes_per_delta_frame": summary["bytes_per_delta_frame"],
             "overhead_bytes_per_delta_frame": summary["overhead_bytes_per_delta_frame"],
             "max_overhead_bytes": summary["max_overhead_bytes"],
+            "compact_delta_frames": summary["compact_delta_frames"],
+            "compact_bytes_per_delta_frame": summary["compact_bytes_per_delta_frame"],
+            "compact_overhead_bytes_per_delta_frame": summary[
+                "compact_overhead_bytes_per_delta_frame"
+            ],
+            "compact_max_overhead_bytes": summary["compact_max_overhead_bytes"],
             "ttft_ms": pct([s["ttft_ms"] for s in app_streams]),
             "direct_ttft_ms": pct(direct_ttft),
             "ttft_overhead_ms": pct(overhead),
@@ -1406,6 +1415,9 @@ def summarize(results: dict[str, Any]) -> None:
         results["duration_ratio_vs_direct"] = ref["duration_ratio_vs_direct"]
         results["db_writes_per_message"] = ref["db_writes_per_message"]
         results["bytes_per_delta_frame_overhead"] = ref["overhead_bytes_per_delta_frame"]
+        results["compact_bytes_per_delta_frame_overhead"] = ref[
+            "compact_overhead_bytes_per_delta_frame"
+        ]
     monitored = [
         s for s in steps + results.get("layer_steps", []) if s.get("redis_commands_per_flush")
     ]
@@ -1524,12 +1536,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{idle['idle_kib_per_viewer']} KiB",
             idle["idle_kib_per_viewer"] <= 50,
         )
-    if ref and ref.get("overhead_bytes_per_delta_frame") is not None:
+    if ref and ref.get("compact_overhead_bytes_per_delta_frame") is not None:
+        # The page's form (compact) is held to the target; the protocol's long form, for
+        # clients that do not offer the subprotocol, is shown beside it.
         add(
             "bytes per delta frame",
             "<= 80 + text",
-            f"{ref['overhead_bytes_per_delta_frame']} + text (max {ref['max_overhead_bytes']})",
-            ref["max_overhead_bytes"] <= 80,
+            f"{ref['compact_overhead_bytes_per_delta_frame']} + text (max "
+            f"{ref['compact_max_overhead_bytes']}); long form "
+            f"{ref['overhead_bytes_per_delta_frame']} (max {ref['max_overhead_bytes']})",
+            ref["compact_max_overhead_bytes"] <= 80,
         )
     all_steps = (
         results.get("steps", [])

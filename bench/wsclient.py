@@ -50,10 +50,19 @@ class WSClient(asyncio.Protocol):
     """One websocket connection. `opened` resolves after the 101 (or fails)."""
 
     def __init__(
-        self, host: str, port: int, path: str, *, origin: str, cookie: str, on_text: OnText
+        self,
+        host: str,
+        port: int,
+        path: str,
+        *,
+        origin: str,
+        cookie: str,
+        on_text: OnText,
+        subprotocol: str | None = None,
     ) -> None:
         self.host, self.port, self.path = host, port, path
         self.origin, self.cookie = origin, cookie
+        self.subprotocol = subprotocol
         self.on_text = on_text
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
@@ -76,7 +85,9 @@ class WSClient(asyncio.Protocol):
             f"Host: {self.host}:{self.port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Origin: {self.origin}\r\nCookie: {self.cookie}\r\n\r\n"
+            f"Origin: {self.origin}\r\nCookie: {self.cookie}\r\n"
+            + (f"Sec-WebSocket-Protocol: {self.subprotocol}\r\n" if self.subprotocol else "")
+            + "\r\n"
         )
         transport.write(request.encode())
 
@@ -89,11 +100,19 @@ class WSClient(asyncio.Protocol):
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 return
-            status = bytes(buf[: buf.find(b"\r\n")])
+            response = bytes(buf[:end])
+            status = response[: response.find(b"\r\n")]
             del buf[: end + 4]
+            granted = f"\r\nsec-websocket-protocol: {self.subprotocol}".encode()
             if b" 101 " not in status:
+                refused = status
+            elif self.subprotocol and granted not in response.lower():
+                refused = b"subprotocol not granted: " + status
+            else:
+                refused = None
+            if refused is not None:
                 if not self.opened.done():
-                    self.opened.set_exception(ConnectionError(status.decode(errors="replace")))
+                    self.opened.set_exception(ConnectionError(refused.decode(errors="replace")))
                 self.transport.close()
                 return
             self._handshaken = True
@@ -161,12 +180,28 @@ class WSClient(asyncio.Protocol):
 
 
 async def open_ws(
-    host: str, port: int, path: str, *, origin: str, cookie: str, on_text: OnText, timeout=10.0
+    host: str,
+    port: int,
+    path: str,
+    *,
+    origin: str,
+    cookie: str,
+    on_text: OnText,
+    subprotocol: str | None = None,
+    timeout=10.0,
 ) -> WSClient:
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
         loop.create_connection(
-            lambda: WSClient(host, port, path, origin=origin, cookie=cookie, on_text=on_text),
+            lambda: WSClient(
+                host,
+                port,
+                path,
+                origin=origin,
+                cookie=cookie,
+                on_text=on_text,
+                subprotocol=subprotocol,
+            ),
             host,
             port,
         ),

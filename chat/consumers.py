@@ -106,7 +106,8 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         user = self.scope.get("user")
         # Accept, then close: a refusal before accept reaches browsers as a bare HTTP 403
         # with no code, and the page could not tell "sign in" from "not a member".
-        await self.accept()
+        self.compact_deltas = protocol.COMPACT_SUBPROTOCOL in self.scope.get("subprotocols", ())
+        await self.accept(subprotocol=protocol.COMPACT_SUBPROTOCOL if self.compact_deltas else None)
         self.write_frame = direct_send.writer_for(self.base_send)
         logs.connection_id.set(self.channel_name.rsplit("!", 1)[-1][-12:])
         if drain.is_draining():

@@ -9,7 +9,7 @@ access changes close the socket at once. Mixed into `ChatConsumer`, which provid
 import logging
 from typing import Any
 
-from chat import direct_send, metrics
+from chat import direct_send, metrics, protocol
 from chat.hub import get_hub
 from chat.protocol import CLOSE_NO_CONVERSATION, CLOSE_NOT_MEMBER, CLOSE_NOT_SIGNED_IN
 
@@ -23,6 +23,8 @@ class GroupEvents:
     _held: list[dict[str, Any]] | None = None
     # Writes a prepared frame straight to the socket (daphne), or None: see deliver_now.
     write_frame: direct_send.FrameWriter | None = None
+    # The client negotiated `protocol.COMPACT_SUBPROTOCOL`: deltas go in their short form.
+    compact_deltas = False
 
     def deliver_now(self, event: dict[str, Any]) -> bool:
         """The common case of a group event, handled without awaiting anything: the
@@ -37,21 +39,37 @@ class GroupEvents:
             step = self._delta_step(event)
             if step <= 0:
                 return True  # already shown (in the snapshot, or a resent delta)
-            if step > 1 or not self._write_now(event):
+            if step > 1 or not self._write_now(event, self._delta_key()):
                 return False
             self.sent_seq[event["message_id"]] = event["seq"]
             return True
-        return kind == "chat.frame" and self._write_now(event)
+        return kind == "chat.frame" and self._write_now(event, "text")
 
     def _delta_step(self, event: dict[str, Any]) -> int:
         """How far a delta is past what this socket has shown of its message: 1 for the
         next one, 0 or less when already shown, more when some were lost before it."""
         return event["seq"] - self.sent_seq.get(event["message_id"], 0)
 
-    def _write_now(self, event: dict[str, Any]) -> bool:
-        frame = event.get("frame")
+    def _delta_key(self) -> str:
+        return "compact" if self.compact_deltas else "text"
+
+    @staticmethod
+    def _text(event: dict[str, Any], key: str) -> str:
+        """The event's frame in one form: `text`, as published, or `compact`, a delta's
+        short form, made by the first socket of this process that asks for it and kept
+        in the event for the others."""
+        text = event.get(key)
+        if text is None:
+            text = event[key] = protocol.compact_delta_text(
+                event["message_id"], event["seq"], event["text"]
+            )
+        return text
+
+    def _write_now(self, event: dict[str, Any], key: str) -> bool:
+        prepared = "frame:" + key
+        frame = event.get(prepared)
         if frame is None:
-            frame = event["frame"] = direct_send.prepare(event["text"])
+            frame = event[prepared] = direct_send.prepare(self._text(event, key))
         if not self.write_frame(frame):
             return False
         metrics.frames_sent.inc()
@@ -100,7 +118,7 @@ class GroupEvents:
             await self.send_snapshot()
             return
         self.sent_seq[message_id] = seq
-        await self.send(text_data=event["text"])
+        await self.send(text_data=self._text(event, self._delta_key()))
         metrics.frames_sent.inc()
 
     async def refresh_group(self) -> None:

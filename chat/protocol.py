@@ -134,7 +134,7 @@ def message_payload(message: Message, *, author_name: str | None = None) -> dict
     }
 
 
-def dumps(frame: dict[str, Any]) -> str:
+def dumps(frame: dict[str, Any] | list[Any]) -> str:
     """Serialize a server frame (compact, UTF-8 safe)."""
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
@@ -153,6 +153,26 @@ def error_frame(error: ChatError, *, client_msg_id: str | None = None) -> dict[s
 def delta_frame_text(message_id: str, seq: int, text: str) -> str:
     """A `delta` frame, serialized once by the runner and forwarded verbatim."""
     return dumps({"type": "delta", "message_id": message_id, "seq": seq, "text": text})
+
+
+# A client that offers this websocket subprotocol receives each delta as
+# `["d",message_id,seq,text]`: the same four values with 37 fewer bytes of keys, so the
+# frame costs about 52 bytes plus the text instead of 89 (docs/decisions.md). Every other
+# frame, and the form a client that does not offer it gets, are unchanged.
+COMPACT_SUBPROTOCOL = "livechat.compact"
+
+_DELTA_HEAD = len('{"type":"delta","message_id":"","seq":,"text":')
+
+
+def compact_delta_text(message_id: str, seq: int, frame_text: str) -> str:
+    """The compact form of the delta whose `delta_frame_text` is `frame_text`. The text's
+    JSON is cut from that frame rather than encoded again: this runs once per delta per
+    process, and `dumps` writes the keys in a fixed order with nothing escaped in an id."""
+    start = _DELTA_HEAD + len(message_id) + len(str(seq))
+    if frame_text[start - 8 : start] != ',"text":':  # not the shape above: build it anew
+        frame = json.loads(frame_text)
+        return dumps(["d", frame["message_id"], frame["seq"], frame["text"]])
+    return f'["d","{message_id}",{seq},{frame_text[start:-1]}]'
 
 
 def message_frame(payload: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,9 @@ from typing import Any
 import httpx2
 from websockets.asyncio.client import ClientConnection, connect
 
+# The subprotocol that asks for deltas as `["d", message_id, seq, text]` (chat.protocol).
+COMPACT_SUBPROTOCOL = "livechat.compact"
+
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORDS = {name: f"pw-{name}-123" for name in ("alice", "bob", "carol", "dave")}
 
@@ -241,8 +244,15 @@ class Session:
         return data["messages"]
 
     async def viewer(
-        self, conversation_id: str, server: Server | None = None, *, heal: bool = False
+        self,
+        conversation_id: str,
+        server: Server | None = None,
+        *,
+        heal: bool = False,
+        compact: bool = False,
     ) -> "Viewer":
+        """A viewer of the conversation; `compact` offers the compact delta subprotocol
+        (its deltas are recorded as the long form, with `"compact": True`)."""
         server = server or self.server
         ws = await connect(
             f"{server.ws_url}/ws/chat/{conversation_id}/",
@@ -250,6 +260,7 @@ class Session:
             additional_headers={"Cookie": self.cookie_header()},
             compression=None,
             max_size=None,
+            subprotocols=[COMPACT_SUBPROTOCOL] if compact else None,
         )
         viewer = Viewer(ws, name=self.username, heal=heal)
         viewer.start()
@@ -282,6 +293,8 @@ class Viewer:
         try:
             async for raw in self.ws:
                 frame = json.loads(raw)
+                if isinstance(frame, list):
+                    frame = self._from_compact(frame)
                 self._apply(frame)
                 async with self._changed:
                     self.frames.append(frame)
@@ -292,6 +305,20 @@ class Viewer:
             self.close_code = self.ws.close_code
             async with self._changed:
                 self._changed.notify_all()
+
+    def _from_compact(self, frame: list[Any]) -> dict[str, Any]:
+        """A compact delta, `["d", message_id, seq, text]`, as the long form."""
+        if len(frame) != 4 or frame[0] != "d":
+            self.breaches.append(f"not a compact delta: {frame!r}")
+            return {"type": "unknown"}
+        _, message_id, seq, text = frame
+        return {
+            "type": "delta",
+            "message_id": message_id,
+            "seq": seq,
+            "text": text,
+            "compact": True,
+        }
 
     def _apply(self, frame: dict[str, Any]) -> None:
         kind = frame["type"]

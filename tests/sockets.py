@@ -16,9 +16,11 @@ async def connect(
     *,
     expect_snapshot: bool = True,
     wait_presence: bool = True,
+    subprotocols: list[str] | None = None,
 ) -> WebsocketCommunicator:
-    """A signed-in socket on the conversation; its snapshot is kept as `comm.snapshot`.
-    With `wait_presence`, the announcement of our own join is consumed too."""
+    """A signed-in socket on the conversation; its snapshot is kept as `comm.snapshot`
+    and the subprotocol the server chose as `comm.subprotocol`. With `wait_presence`,
+    the announcement of our own join is consumed too."""
     if client is None:
         client = AsyncClient()
         await client.aforce_login(user)
@@ -27,8 +29,9 @@ async def connect(
         application,
         f"/ws/chat/{conversation_id}/",
         headers=[(b"origin", b"http://localhost"), (b"host", b"localhost"), (b"cookie", cookie)],
+        subprotocols=subprotocols,
     )
-    connected, _ = await comm.connect()
+    connected, comm.subprotocol = await comm.connect()
     assert connected
     if not expect_snapshot:
         return comm

@@ -203,6 +203,10 @@ async def test_two_users_watch_one_answer_and_the_second_stops_the_next(
     alice_tab2 = await browsing.page(alice.context, "alice-tab2")
     await alice_tab2.goto(f"{browsing.server.url}{path}")
     bob = await browsing.user("bob", path=path)
+    # What bob's page receives on its socket, from a reload on (the page's own socket).
+    received: list[str] = []
+    bob.on("websocket", lambda ws: ws.on("framereceived", lambda f: received.append(f)))
+    await bob.reload()
     for page in (alice, alice_tab2, bob):
         await expect(page.locator("#connection-state")).to_have_attribute("data-state", "open")
     await expect(alice.locator("#viewers")).to_contain_text("bob")
@@ -221,6 +225,9 @@ async def test_two_users_watch_one_answer_and_the_second_stops_the_next(
         answer = await wait_status(page, "complete")
         texts.append(await answer.locator(".content").inner_text())
     assert texts == [count_to(150)] * 3
+    # The page asked for the compact delta form and got every delta in it.
+    assert any(f.startswith('["d",') for f in received)
+    assert not any(f.startswith('{"type":"delta"') for f in received)
     renders, frames = await bob.evaluate("[window.__renders, window.__frames]")
     # Text arrived in many steps, each render in its own animation frame (never one
     # render per delta outside a frame).

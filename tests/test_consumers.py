@@ -55,6 +55,42 @@ async def test_prompt_streams_and_is_stored_with_usage(users, conversation):
     await comm.disconnect()
 
 
+async def test_a_client_offering_the_compact_subprotocol_gets_short_deltas_beside_long_ones(
+    users, conversation
+):
+    from chat.protocol import COMPACT_SUBPROTOCOL
+
+    long = await connect(users["alice"], conversation.id)
+    short = await connect(
+        users["bob"], conversation.id, subprotocols=["other", COMPACT_SUBPROTOCOL]
+    )
+    assert (long.subprotocol, short.subprotocol) == (None, COMPACT_SUBPROTOCOL)
+    assert short.snapshot["conversation"]["id"] == str(conversation.id)
+
+    await long.send_json_to({"type": "prompt", "content": "Count to 60"})
+    long_frames = await frames_until(long, lambda f: f["type"] == "done")
+    short_frames = []
+    while (
+        not short_frames
+        or not isinstance(short_frames[-1], dict)
+        or (short_frames[-1]["type"] != "done")
+    ):
+        short_frames.append(json.loads(await short.receive_from(10)))
+
+    long_deltas = [f for f in long_frames if f["type"] == "delta"]
+    short_deltas = [f for f in short_frames if isinstance(f, list)]
+    assert len(long_deltas) > 3
+    # The same deltas, values in the order of the long form's keys, and nothing else short.
+    assert short_deltas == [["d", f["message_id"], f["seq"], f["text"]] for f in long_deltas]
+
+    def others(frames):  # presence depends on join timing; the rest is the same for all
+        return [f for f in frames if f["type"] not in ("delta", "presence")]
+
+    assert others(f for f in short_frames if isinstance(f, dict)) == others(long_frames)
+    for comm in (long, short):
+        await comm.disconnect()
+
+
 async def test_the_snapshot_is_the_first_frame_even_while_the_group_is_busy(
     users, conversation, settings
 ):

@@ -36,20 +36,22 @@ async def frames_direct(session) -> float:
 async def test_three_viewers_see_the_same_stream_and_usage_is_stored(sessions, server):
     alice, bob = sessions["alice"], sessions["bob"]
     conv = await alice.create_conversation(members={"bob": "member"})
-    tab1, tab2, bob_view = (
+    tab1, tab2, bob_view, bob_compact = (
         await alice.viewer(conv),
         await alice.viewer(conv),
         await bob.viewer(conv),
+        await bob.viewer(conv, compact=True),
     )
     direct_before = await frames_direct(alice)
 
     _, placeholder = await tab1.prompt("Count to 100, with a comma between each number")
     assert placeholder["status"] == "streaming"
     assert placeholder["seq"] == 0
-    finals = [await v.done(placeholder["id"]) for v in (tab1, tab2, bob_view)]
+    viewers = (tab1, tab2, bob_view, bob_compact)
+    finals = [await v.done(placeholder["id"]) for v in viewers]
 
     expected = count_to(100)
-    for viewer, final in zip((tab1, tab2, bob_view), finals, strict=True):
+    for viewer, final in zip(viewers, finals, strict=True):
         assert viewer.breaches == []
         assert final["status"] == "complete"
         assert final["content"] == expected
@@ -59,11 +61,15 @@ async def test_three_viewers_see_the_same_stream_and_usage_is_stored(sessions, s
     assert [f["seq"] for f in tab1.delta_frames(placeholder["id"])] == list(
         range(1, len(reference) + 1)
     )
-    for viewer in (tab2, bob_view):
+    for viewer in (tab2, bob_view, bob_compact):
         assert [(f["seq"], f["text"]) for f in viewer.delta_frames(placeholder["id"])] == reference
-    # Under daphne those frames were framed once per event and written to each socket
-    # directly, not through ASGI (and parsed fine by a standard client above).
-    assert await frames_direct(alice) - direct_before >= 3 * len(reference)
+    # The viewer that offered the compact subprotocol got every delta in that form.
+    assert bob_compact.ws.subprotocol == "livechat.compact" and tab1.ws.subprotocol is None
+    assert all(f.get("compact") for f in bob_compact.delta_frames(placeholder["id"]))
+    assert not any(f.get("compact") for f in tab1.delta_frames(placeholder["id"]))
+    # Under daphne those frames were framed once per event and form and written to each
+    # socket directly, not through ASGI (and parsed fine by a standard client above).
+    assert await frames_direct(alice) - direct_before >= 4 * len(reference)
 
     stored = {m["id"]: m for m in await bob.messages(conv)}[placeholder["id"]]
     assert stored["status"] == "complete"
@@ -76,7 +82,7 @@ async def test_three_viewers_see_the_same_stream_and_usage_is_stored(sessions, s
     )
     assert stored["ttft_ms"] is not None
     assert stored["duration_ms"] >= stored["ttft_ms"]
-    await close_all(tab1, tab2, bob_view)
+    await close_all(*viewers)
 
 
 async def test_answer_completes_after_the_asking_browser_leaves(sessions, server):

@@ -87,6 +87,20 @@ def test_delta_frame_is_compact_json():
     assert text.startswith('{"type":"delta","message_id":"m1","seq":3,"text":')
 
 
+@given(st.uuids(), st.integers(min_value=1, max_value=10**7), st.text())
+def test_the_compact_delta_holds_the_same_values_cut_from_the_long_frame(message_id, seq, text):
+    long = protocol.delta_frame_text(str(message_id), seq, text)
+    short = protocol.compact_delta_text(str(message_id), seq, long)
+    assert json.loads(short) == ["d", str(message_id), seq, text]
+    # The text's JSON is the long frame's own (escapes and all): 37 bytes fewer.
+    assert len(long.encode()) - len(short.encode()) == 37
+
+
+def test_a_compact_delta_of_an_unexpected_long_frame_is_built_anew():
+    reordered = '{"text":"a\\"b","type":"delta","message_id":"m1","seq":12}'
+    assert json.loads(protocol.compact_delta_text("m1", 12, reordered)) == ["d", "m1", 12, 'a"b']
+
+
 @given(st.uuids())
 def test_group_names_are_valid_for_channels(value):
     for name in (fanout.conversation_group(value), fanout.generation_group(str(value))):

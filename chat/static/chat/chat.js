@@ -36,6 +36,7 @@
   };
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
+  const COMPACT_SUBPROTOCOL = "livechat.compact";  // deltas as ["d", id, seq, text]
   const SYNC_RETRY_MS = 3000;        // a lost snapshot must not block syncing for ever
   const LIVENESS_TIMEOUT_MS = 5000;  // no answer to a probe in this long: reconnect
   const WAKE_TICK_MS = 5000;         // a tick this late means the machine slept
@@ -339,7 +340,8 @@
     const path = config.wsPathTemplate.replace("{id}", encodeURIComponent(state.conversationId));
     let sock;
     try {
-      sock = new WebSocket(scheme + location.host + path);
+      // Ask for deltas in the compact form (the server always grants it).
+      sock = new WebSocket(scheme + location.host + path, [COMPACT_SUBPROTOCOL]);
     } catch {
       scheduleReconnect();
       return;
@@ -463,10 +465,18 @@
   }
 
   // ---- Incoming frames: update the in-memory model, then schedule a render ----
+  // A delta in the compact form, ["d", message_id, seq, text], as the object the rest reads.
+  function fromCompact(frame) {
+    if (frame[0] !== "d" || frame.length !== 4) return null;
+    return { type: "delta", message_id: frame[1], seq: frame[2], text: frame[3] };
+  }
+
   function onFrame(raw) {
     state.lastFrameAt = Date.now();
     let frame;
     try { frame = JSON.parse(raw); } catch { return; }
+    if (Array.isArray(frame)) frame = fromCompact(frame);
+    if (!frame) return;
     switch (frame.type) {
       case "snapshot": applySnapshot(frame); break;
       case "message": upsertMessage(frame.message); break;
