@@ -361,12 +361,7 @@ async def test_a_timed_out_call_leaves_the_case_pending(conversation, settings, 
     class HungClient:
         """A moderation endpoint that accepts the request and never answers."""
 
-        moderations = property(lambda self: self)
-
-        def with_options(self, **_options):
-            return self
-
-        async def create(self, **_request):
+        async def post(self, *_path, **_request):
             await asyncio.Event().wait()
 
     monkeypatch.setattr("chat.upstream.get_client", HungClient)
@@ -376,6 +371,28 @@ async def test_a_timed_out_call_leaves_the_case_pending(conversation, settings, 
     await case.arefresh_from_db()
     assert (case.state, case.attempts) == (State.PENDING, 1)
     assert case.last_error.startswith("timeout")
+
+
+@pytest.mark.parametrize(
+    "answer_json",
+    [{}, {"results": []}, {"results": ["flagged"]}, {"results": [{"categories": ["hate"]}]}, []],
+)
+async def test_an_unreadable_moderation_answer_leaves_the_case_pending(
+    conversation, monkeypatch, answer_json
+):
+    class OddClient:
+        """A moderation endpoint that answers 200 with JSON of the wrong shape."""
+
+        async def post(self, *_path, **_request):
+            return answer_json
+
+    monkeypatch.setattr("chat.upstream.get_client", OddClient)
+    message = await sync_to_async(answer)(conversation, "text")
+    case = await sync_to_async(moderation.case_open)(message_id=message.pk)
+    assert await moderation.run_case(case.pk) == moderation.FAILED
+    await case.arefresh_from_db()
+    assert (case.state, case.attempts) == (State.PENDING, 1)
+    assert case.last_error.startswith("bad_response")
 
 
 async def test_the_periodic_task_retries_pending_cases_and_wakes_for_reports(
