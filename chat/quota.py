@@ -6,16 +6,17 @@ stored. Sync functions: callers run them inside `transaction.atomic()`.
 """
 
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, F, Q, Sum
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat.exceptions import QuotaExceeded, TooManyGenerations
 from chat.models import Message, TokenUsage
+from chat.selectors import the_one
 
 
 def _next_reset(now: datetime) -> datetime:
@@ -26,19 +27,43 @@ def _usage_now(*, user: AbstractBaseUser) -> tuple[int, int]:
     """(answers still generating, tokens spent today): used today plus what answers
     still generating hold. One query, as it is on the path of every prompt."""
     today = timezone.now().astimezone(UTC).date()
-    totals = TokenUsage.objects.filter(Q(settled=False) | Q(day=today), user_id=user.pk).aggregate(
-        running=Count("pk", filter=Q(settled=False)),
-        used=Coalesce(Sum("used", filter=Q(settled=True, day=today)), 0),
-        held=Coalesce(Sum("reserved", filter=Q(settled=False, day=today)), 0),
+    # Grouped by (settled, day), a handful of rows summed here: the same totals as one
+    # aggregate with a FILTER per total, for about half the ORM's Python.
+    groups = (
+        TokenUsage.objects.filter(Q(settled=False) | Q(day=today), user_id=user.pk)
+        .order_by()
+        .values_list("settled", "day")
+        .annotate(Count("pk"), Sum("used"), Sum("reserved"))
     )
-    return totals["running"], totals["used"] + totals["held"]
+    running = spent = 0
+    for settled, day, count, used, reserved in groups:
+        if not settled:
+            running += count
+        if day == today:
+            spent += (used if settled else reserved) or 0
+    return running, spent
 
 
-def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> TokenUsage:
-    """Hold `need` tokens for `message`, or raise the limit it would break."""
-    # Serialize one user's reservations: two prompts racing cannot both fit the last
-    # tokens of the day (a row lock on PostgreSQL; SQLite serializes writers anyway).
-    get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").first()
+def lock_user(*, user: AbstractBaseUser, **reads: Any) -> dict[str, Any] | None:
+    """Serialize one user's reservations until the transaction ends: two prompts racing
+    cannot both fit the last tokens of the day (a row lock on PostgreSQL; SQLite
+    serializes writers anyway). `reads` (expressions) are read in the same statement, so
+    a caller's own check costs no statement of its own; None if the user has no row.
+
+    The usage itself is read by a later statement (`_usage_now`), never here: a
+    statement that waited for the lock still sees what it saw when it started, not the
+    reservation the lock's previous holder just committed."""
+    users = get_user_model().objects.select_for_update().filter(pk=user.pk)
+    return the_one(users.values("pk", **reads))
+
+
+def reserve(
+    *, user: AbstractBaseUser, message: Message, need: int, locked: bool = False
+) -> TokenUsage:
+    """Hold `need` tokens for `message`, or raise the limit it would break. `locked`:
+    the caller already took `lock_user` in this transaction."""
+    if not locked:
+        lock_user(user=user)
     running, spent = _usage_now(user=user)
     if running >= settings.MAX_GENERATIONS_PER_USER:
         raise TooManyGenerations(

@@ -2,12 +2,13 @@
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet, Subquery
 from django.utils import timezone
 
 from chat import quota, selectors
@@ -102,30 +103,54 @@ def member_leave(*, membership: Membership) -> int:
     return membership.user_id
 
 
-def _check_prompt_rate(*, user: AbstractBaseUser) -> None:
-    window_start = timezone.now() - timedelta(minutes=1)
+def _prompt_limit() -> int:
     limit = settings.PROMPTS_PER_MINUTE
     if limit <= 0:
         raise RateLimited("Prompts are switched off on this server.", retry_after=60.0)
-    # The limit-th most recent prompt of the window, if there is one: one row, however
-    # high the limit; the next prompt fits once it leaves the window.
+    return limit
+
+
+def _nth_newest_prompt(*, user: AbstractBaseUser, limit: int) -> QuerySet[Message]:
+    """The limit-th most recent prompt of the window, if there is one: one row, however
+    high the limit; the next prompt fits once it leaves the window."""
+    window_start = timezone.now() - timedelta(minutes=1)
     recent = Message.objects.filter(
         author_id=user.pk, role=Message.Sender.USER, created_at__gte=window_start
     ).order_by("-created_at")
-    nth_newest = list(recent.values_list("created_at", flat=True)[limit - 1 : limit])
-    if nth_newest:
-        retry = (nth_newest[0] + timedelta(minutes=1) - timezone.now()).total_seconds()
+    return recent.values("created_at")[limit - 1 : limit]
+
+
+def _refuse_over_rate(nth_newest: datetime | None, limit: int) -> None:
+    if nth_newest is not None:
+        retry = (nth_newest + timedelta(minutes=1) - timezone.now()).total_seconds()
         raise RateLimited(
             f"At most {limit} prompts a minute.", retry_after=max(1.0, round(retry, 1))
         )
 
 
-def _placeholder(
-    *, conversation_id: uuid.UUID, prompt: Message, model: str, user: AbstractBaseUser
-) -> tuple[Message, list[dict[str, str]]]:
-    """The streaming assistant message answering `prompt`, its upstream history, and
-    the user's token reservation for it (call inside the storing transaction)."""
-    assistant = Message.objects.create(
+def _check_prompt_rate(*, user: AbstractBaseUser) -> None:
+    limit = _prompt_limit()
+    nth_newest = _nth_newest_prompt(user=user, limit=limit).values_list("created_at", flat=True)
+    _refuse_over_rate(next(iter(nth_newest), None), limit)
+
+
+def _lock_user_checking_rate(*, user: AbstractBaseUser) -> None:
+    """`_check_prompt_rate` read in the statement that takes the user's quota lock
+    (`quota.lock_user`, which `quota.reserve` then need not take): one statement for
+    both, first in the storing transaction so the rate is still answered before the
+    constraints and the quota. Being under the lock makes it no stricter: a statement
+    that waited for a lock reads the prompts as they were when it started, so racing
+    processes can still store more than the limit, as the check allows for."""
+    limit = _prompt_limit()
+    row = quota.lock_user(
+        user=user, nth_newest=Subquery(_nth_newest_prompt(user=user, limit=limit))
+    )
+    _refuse_over_rate(row and row["nth_newest"], limit)
+
+
+def _placeholder(*, conversation_id: uuid.UUID, prompt: Message, model: str) -> Message:
+    """The streaming assistant message answering `prompt` (not saved yet)."""
+    return Message(
         conversation_id=conversation_id,
         role=Message.Sender.ASSISTANT,
         reply_to=prompt,
@@ -133,10 +158,17 @@ def _placeholder(
         model=model,
         heartbeat_at=timezone.now(),
     )
+
+
+def _reserve(
+    *, prompt: Message, assistant: Message, user: AbstractBaseUser
+) -> list[dict[str, str]]:
+    """The upstream history answering `prompt`, and the user's token reservation for it
+    (inside the storing transaction, the user's lock already taken)."""
     history = selectors.prompt_history(prompt=prompt, limit=settings.STREAM_HISTORY_MESSAGES)
     need = estimate_prompt_tokens(history) + settings.OPENAI_MAX_TOKENS
-    quota.reserve(user=user, message=assistant, need=need)
-    return assistant, history
+    quota.reserve(user=user, message=assistant, need=need, locked=True)
+    return history
 
 
 def prompt_submit(
@@ -151,18 +183,16 @@ def prompt_submit(
     retried `client_msg_id`. The database's unique constraints, not these checks, are
     what make two racing processes safe; the checks only give the common case a clear
     answer. A retried send is found by its failed insert, not looked up beforehand:
-    retries are rare and every prompt would pay for the lookup."""
-    try:
-        _check_prompt_rate(user=user)
-    except RateLimited:
-        # A retry of a prompt already stored is not a new prompt: give it back.
-        earlier = client_msg_id and _earlier_submission(conversation_id, client_msg_id)
-        if earlier:
-            return earlier
-        raise
+    retries are rare and every prompt would pay for the lookup.
+
+    Checked in this order, each answered by its own error: the prompt rate, then the
+    constraints (a retry, or an answer already streaming), then the quota. Eight
+    statements (`bench.db_cost`): the rate is read with the quota's user lock, and the
+    prompt and its placeholder go in one INSERT."""
     try:
         with transaction.atomic():
-            prompt = Message.objects.create(
+            _lock_user_checking_rate(user=user)
+            prompt = Message(
                 conversation_id=conversation_id,
                 role=Message.Sender.USER,
                 author=user,
@@ -171,10 +201,21 @@ def prompt_submit(
                 status=Status.COMPLETE,
                 completed_at=timezone.now(),
             )
-            assistant, history = _placeholder(
-                conversation_id=conversation_id, prompt=prompt, model=model, user=user
-            )
+            assistant = _placeholder(conversation_id=conversation_id, prompt=prompt, model=model)
+            Message.objects.bulk_create([prompt, assistant])
+            if assistant.created_at <= prompt.created_at:
+                # One INSERT stamps both (`auto_now_add`) microseconds apart, or in the
+                # same microsecond: the answer must still sort after its prompt.
+                assistant.created_at = prompt.created_at + timedelta(microseconds=1)
+                Message.objects.filter(pk=assistant.pk).update(created_at=assistant.created_at)
+            history = _reserve(prompt=prompt, assistant=assistant, user=user)
             Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
+    except RateLimited:
+        # A retry of a prompt already stored is not a new prompt: give it back.
+        earlier = client_msg_id and _earlier_submission(conversation_id, client_msg_id)
+        if earlier:
+            return earlier
+        raise
     except IntegrityError:
         if client_msg_id:
             earlier = _earlier_submission(conversation_id, client_msg_id)
@@ -204,17 +245,21 @@ def regenerate_submit(
         uuid.UUID(str(message_id))
     except ValueError:
         raise NotFound() from None
-    old = Message.objects.filter(
-        conversation_id=conversation_id, pk=message_id, role=Message.Sender.ASSISTANT
-    ).first()
+    old = (
+        Message.objects.select_related("reply_to")
+        .filter(conversation_id=conversation_id, pk=message_id, role=Message.Sender.ASSISTANT)
+        .first()
+    )
     if old is None or old.reply_to_id is None:
         raise NotFound("No assistant message with that id in this conversation.")
-    _check_prompt_rate(user=user)
     try:
         with transaction.atomic():
-            assistant, history = _placeholder(
-                conversation_id=conversation_id, prompt=old.reply_to, model=model, user=user
+            _lock_user_checking_rate(user=user)
+            assistant = _placeholder(
+                conversation_id=conversation_id, prompt=old.reply_to, model=model
             )
+            assistant.save(force_insert=True)
+            history = _reserve(prompt=old.reply_to, assistant=assistant, user=user)
     except IntegrityError:
         raise Busy() from None
     return Submitted(old.reply_to, assistant, created=True, history=history)
@@ -269,4 +314,4 @@ def message_finish(
         ).update(**fields)
         quota.settle(message_id=message_id, used=usage[2] if usage else 0)
     # None: the conversation was deleted while the answer ran; nothing left to store.
-    return Message.objects.select_related("author").filter(pk=message_id).first()
+    return selectors.the_one(Message.objects.select_related("author").filter(pk=message_id))

@@ -40,10 +40,11 @@ PER_FLUSH_ROUND_TRIPS = 1
 # and `done` are published; the replay log gets its TTL at its first append and a short
 # one at the end.
 PER_GENERATION_COMMANDS = {"SUBSCRIBE": 2, "UNSUBSCRIBE": 2, "PUBLISH": 3, "EXPIRE": 2}
-# Per answered prompt, whatever its length: the prompt (user message, placeholder, token
-# reservation, conversation's updated_at), the answer (final state, usage settled) and
-# its moderation (case opened, attempt counted, verdict stored, visibility refreshed).
-DB_WRITES_PER_MESSAGE = 10
+# Per answered prompt, whatever its length: the prompt (user message and placeholder in
+# one INSERT, token reservation, conversation's updated_at), the answer (final state,
+# usage settled) and its moderation (case opened, attempt counted, verdict stored,
+# visibility refreshed).
+DB_WRITES_PER_MESSAGE = 9
 
 
 class RedisMonitor:
