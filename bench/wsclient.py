@@ -179,29 +179,12 @@ class WSClient(asyncio.Protocol):
             self.transport.abort()
 
 
-async def open_ws(
-    host: str,
-    port: int,
-    path: str,
-    *,
-    origin: str,
-    cookie: str,
-    on_text: OnText,
-    subprotocol: str | None = None,
-    timeout=10.0,
-) -> WSClient:
+async def open_ws(host: str, port: int, path: str, *, timeout=10.0, **options) -> WSClient:
+    """An open `WSClient` (`options` are its keyword arguments)."""
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
         loop.create_connection(
-            lambda: WSClient(
-                host,
-                port,
-                path,
-                origin=origin,
-                cookie=cookie,
-                on_text=on_text,
-                subprotocol=subprotocol,
-            ),
+            lambda: WSClient(host, port, path, **options),
             host,
             port,
         ),

@@ -21,6 +21,7 @@ from chat import (
     direct_send,
     drain,
     fanout,
+    group_events,
     lifecycle,
     limits,
     logs,
@@ -106,8 +107,9 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         user = self.scope.get("user")
         # Accept, then close: a refusal before accept reaches browsers as a bare HTTP 403
         # with no code, and the page could not tell "sign in" from "not a member".
-        self.compact_deltas = protocol.COMPACT_SUBPROTOCOL in self.scope.get("subprotocols", ())
-        await self.accept(subprotocol=protocol.COMPACT_SUBPROTOCOL if self.compact_deltas else None)
+        compact = protocol.COMPACT_SUBPROTOCOL in self.scope.get("subprotocols", ())
+        self.delta_form = group_events.COMPACT if compact else group_events.LONG
+        await self.accept(subprotocol=protocol.COMPACT_SUBPROTOCOL if compact else None)
         self.write_frame = direct_send.writer_for(self.base_send)
         logs.connection_id.set(self.channel_name.rsplit("!", 1)[-1][-12:])
         if drain.is_draining():

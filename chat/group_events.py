@@ -15,6 +15,11 @@ from chat.protocol import CLOSE_NO_CONVERSATION, CLOSE_NOT_MEMBER, CLOSE_NOT_SIG
 
 log = logging.getLogger(__name__)
 
+# The forms a frame is sent in: where the event keeps its text, and its prepared frame.
+# Every event carries its `text`; a delta's compact text is made from it when first asked.
+LONG = ("text", "frame:text")
+COMPACT = ("compact", "frame:compact")  # the client negotiated protocol.COMPACT_SUBPROTOCOL
+
 
 class GroupEvents:
     # Set by the consumer: the last seq shown per message, and events that arrived
@@ -23,8 +28,8 @@ class GroupEvents:
     _held: list[dict[str, Any]] | None = None
     # Writes a prepared frame straight to the socket (daphne), or None: see deliver_now.
     write_frame: direct_send.FrameWriter | None = None
-    # The client negotiated `protocol.COMPACT_SUBPROTOCOL`: deltas go in their short form.
-    compact_deltas = False
+    # The form this socket's deltas go in (LONG or COMPACT); other frames are always LONG.
+    delta_form = LONG
 
     def deliver_now(self, event: dict[str, Any]) -> bool:
         """The common case of a group event, handled without awaiting anything: the
@@ -39,37 +44,32 @@ class GroupEvents:
             step = self._delta_step(event)
             if step <= 0:
                 return True  # already shown (in the snapshot, or a resent delta)
-            if step > 1 or not self._write_now(event, self._delta_key()):
+            if step > 1 or not self._write_now(event, self.delta_form):
                 return False
             self.sent_seq[event["message_id"]] = event["seq"]
             return True
-        return kind == "chat.frame" and self._write_now(event, "text")
+        return kind == "chat.frame" and self._write_now(event, LONG)
 
     def _delta_step(self, event: dict[str, Any]) -> int:
         """How far a delta is past what this socket has shown of its message: 1 for the
         next one, 0 or less when already shown, more when some were lost before it."""
         return event["seq"] - self.sent_seq.get(event["message_id"], 0)
 
-    def _delta_key(self) -> str:
-        return "compact" if self.compact_deltas else "text"
-
     @staticmethod
-    def _text(event: dict[str, Any], key: str) -> str:
-        """The event's frame in one form: `text`, as published, or `compact`, a delta's
-        short form, made by the first socket of this process that asks for it and kept
-        in the event for the others."""
-        text = event.get(key)
+    def _text(event: dict[str, Any], form: tuple[str, str]) -> str:
+        """The event's frame text in `form`; a delta's compact text is made by the first
+        socket of this process that asks for it and kept in the event for the others."""
+        text = event.get(form[0])
         if text is None:
-            text = event[key] = protocol.compact_delta_text(
+            text = event[form[0]] = protocol.compact_delta_text(
                 event["message_id"], event["seq"], event["text"]
             )
         return text
 
-    def _write_now(self, event: dict[str, Any], key: str) -> bool:
-        prepared = "frame:" + key
-        frame = event.get(prepared)
+    def _write_now(self, event: dict[str, Any], form: tuple[str, str]) -> bool:
+        frame = event.get(form[1])
         if frame is None:
-            frame = event[prepared] = direct_send.prepare(self._text(event, key))
+            frame = event[form[1]] = direct_send.prepare(self._text(event, form))
         if not self.write_frame(frame):
             return False
         metrics.frames_sent.inc()
@@ -118,7 +118,7 @@ class GroupEvents:
             await self.send_snapshot()
             return
         self.sent_seq[message_id] = seq
-        await self.send(text_data=self._text(event, self._delta_key()))
+        await self.send(text_data=self._text(event, self.delta_form))
         metrics.frames_sent.inc()
 
     async def refresh_group(self) -> None:
