@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -57,6 +58,8 @@ from chat.protocol import (
 from chat.streaming import StreamRequest
 
 log = logging.getLogger(__name__)
+
+VIEWERS_MAY_NOT_WRITE = "Viewers can read but not prompt or cancel."
 
 # This process's open sockets, so a recovered Redis can have each resend a snapshot.
 _live_consumers: "weakref.WeakSet[ChatConsumer]" = weakref.WeakSet()
@@ -211,6 +214,13 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
             )
 
     async def _dispatch(self, frame: Any) -> None:
+        # A prompt or a regenerate checks access in the same trip as its write.
+        if isinstance(frame, protocol.PromptFrame):
+            await self._prompt(frame)
+            return
+        if isinstance(frame, protocol.RegenerateFrame):
+            await self._regenerate(frame.message_id)
+            return
         membership = await self._current_membership()
         if membership is None:
             return
@@ -218,22 +228,21 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
             await self.send_snapshot()
             return
         if not membership.can_write:
-            raise Forbidden("Viewers can read but not prompt or cancel.")
-        if isinstance(frame, protocol.PromptFrame):
-            await self._prompt(frame)
-        elif isinstance(frame, protocol.CancelFrame):
+            raise Forbidden(VIEWERS_MAY_NOT_WRITE)
+        if isinstance(frame, protocol.CancelFrame):
             await self._cancel(frame.message_id)
-        elif isinstance(frame, protocol.RegenerateFrame):
-            await self._regenerate(frame.message_id)
 
     async def _prompt(self, frame: protocol.PromptFrame) -> None:
-        submitted = await db(services.prompt_submit)(
+        submitted = await self._submit_if_allowed(
+            services.prompt_submit,
             conversation_id=self.conversation_id,
             user=self.user,
             content=frame.content,
             client_msg_id=frame.client_msg_id,
             model=settings.OPENAI_MODEL,
         )
+        if submitted is None:
+            return
         if not submitted.created:
             # A retried send: the first one is stored (and running or done); show it
             # to this socket again and start nothing.
@@ -250,13 +259,15 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         await self._start(submitted)
 
     async def _regenerate(self, message_id: str) -> None:
-        submitted = await db(services.regenerate_submit)(
+        submitted = await self._submit_if_allowed(
+            services.regenerate_submit,
             conversation_id=self.conversation_id,
             user=self.user,
             message_id=message_id,
             model=settings.OPENAI_MODEL,
         )
-        await self._start(submitted)
+        if submitted is not None:
+            await self._start(submitted)
 
     async def _start(self, submitted: services.Submitted) -> None:
         assistant = submitted.assistant_message
@@ -282,15 +293,42 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
     async def _current_membership(self) -> Membership | None:
         """Re-check, for every action, what connect checked: roles change, members are
         removed, accounts are deactivated and sessions end while sockets stay open."""
-        signed_in, self.membership = await db(selectors.frame_access)(
+        return await self._admit(*await db(self._frame_access)())
+
+    def _frame_access(self) -> tuple[bool, Membership | None]:
+        return selectors.frame_access(
             session=self.scope.get("session"), conversation_id=self.conversation_id, user=self.user
         )
+
+    async def _admit(self, signed_in: bool, membership: Membership | None) -> Membership | None:
+        """The membership a frame acts with, or None once the socket is refused."""
+        self.membership = membership if signed_in else None
         if not signed_in:
             await self._refuse(CLOSE_NOT_SIGNED_IN, "session ended")
-            return None
-        if self.membership is None:
+        elif membership is None:
             await self._refuse(CLOSE_NOT_MEMBER, "no longer a member")
         return self.membership
+
+    async def _submit_if_allowed(
+        self, submit: Callable[..., services.Submitted], **kwargs: Any
+    ) -> services.Submitted | None:
+        """`submit(**kwargs)`, run only if the frame's access check (`_current_membership`)
+        lets this member write, in the same trip to the database thread. One entry in
+        that thread's queue per prompt, not two: when a burst of prompts arrives, each
+        one's check and transaction run back to back instead of each waiting behind
+        every other prompt twice. None when the socket was refused."""
+
+        def check_then_submit() -> tuple[bool, Membership | None, services.Submitted | None]:
+            signed_in, membership = self._frame_access()
+            may_write = signed_in and membership is not None and membership.can_write
+            return signed_in, membership, submit(**kwargs) if may_write else None
+
+        signed_in, membership, submitted = await db(check_then_submit)()
+        if await self._admit(signed_in, membership) is None:
+            return None
+        if not membership.can_write:
+            raise Forbidden(VIEWERS_MAY_NOT_WRITE)
+        return submitted
 
     async def _over_connection_limit(self) -> bool:
         try:

@@ -63,10 +63,26 @@ async def test_a_member_removed_without_notice_is_closed_at_their_next_frame(
     assert await Message.objects.acount() == 0
 
 
-async def test_a_deleted_session_is_noticed_at_the_next_frame(users, conversation):
+@pytest.mark.parametrize("frame", [{"type": "sync"}, {"type": "prompt", "content": "hi"}])
+async def test_a_deleted_session_is_noticed_at_the_next_frame(users, conversation, frame):
     from django.contrib.sessions.models import Session
 
     comm = await connect(users["alice"], conversation.id)
     await Session.objects.all().adelete()  # e.g. expired and cleared
-    await comm.send_json_to({"type": "sync"})
+    await comm.send_json_to(frame)
     assert await closed_with(comm) == 4401
+    assert await Message.objects.acount() == 0
+
+
+async def test_a_viewer_cannot_regenerate_and_nothing_is_stored(users, conversation):
+    prompt = await Message.objects.acreate(conversation=conversation, role="user", content="hi")
+    answer = await Message.objects.acreate(
+        conversation=conversation, role="assistant", reply_to=prompt, content="hello"
+    )
+    await Membership.objects.filter(user=users["bob"]).aupdate(role=Role.VIEWER)
+    comm = await connect(users["bob"], conversation.id)
+    await comm.send_json_to({"type": "regenerate", "message_id": str(answer.id)})
+    error = (await frames_until(comm, lambda f: f["type"] == "error"))[-1]
+    assert error["code"] == "forbidden"
+    assert await Message.objects.acount() == 2
+    await comm.disconnect()
