@@ -79,7 +79,8 @@ async def test_the_stream_reaches_viewers_spread_over_both_processes_by_the_prox
     assert httpx2.get(f"{cluster.url}/static/chat/chat.js").status_code == 200
     assert httpx2.get(f"{cluster.url}/metrics").status_code == 404  # not public via the proxy
     conv = await alice.create_conversation(members={"bob": "member"})
-    viewers = [await s.viewer(conv) for s in (alice, bob, alice, bob)]
+    # The last two ask for compact deltas: the proxy passes the subprotocol both ways.
+    viewers = [await s.viewer(conv, compact=i >= 2) for i, s in enumerate((alice, bob, alice, bob))]
     spread = viewers_per_process(cluster)
     assert all(count >= 1 for count in spread.values()), spread
 
@@ -88,7 +89,10 @@ async def test_the_stream_reaches_viewers_spread_over_both_processes_by_the_prox
         final = await viewer.done(placeholder["id"])
         assert final["content"] == count_to(300) == viewer.texts[placeholder["id"]]
         assert viewer.breaches == []
+        compact = [f.get("compact", False) for f in viewer.delta_frames(placeholder["id"])]
+        assert set(compact) == {viewer.ws.subprotocol == "livechat.compact"}
         await viewer.close()
+    assert [v.ws.subprotocol for v in viewers] == [None, None] + ["livechat.compact"] * 2
     await alice.close()
     await bob.close()
 
