@@ -313,10 +313,9 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         self, submit: Callable[..., services.Submitted], **kwargs: Any
     ) -> services.Submitted | None:
         """`submit(**kwargs)`, run only if the frame's access check (`_current_membership`)
-        lets this member write, in the same trip to the database thread. One entry in
-        that thread's queue per prompt, not two: when a burst of prompts arrives, each
-        one's check and transaction run back to back instead of each waiting behind
-        every other prompt twice. None when the socket was refused."""
+        lets this member write, in the same trip to the database thread: one thread hop
+        and one entry in that thread's queue per prompt, not two (docs/decisions.md has
+        the measurement). None when the socket was refused."""
 
         def check_then_submit() -> tuple[bool, Membership | None, services.Submitted | None]:
             signed_in, membership = self._frame_access()
