@@ -57,13 +57,9 @@ def lock_user(*, user: AbstractBaseUser, **reads: Any) -> dict[str, Any] | None:
     return the_one(users.values("pk", **reads))
 
 
-def reserve(
-    *, user: AbstractBaseUser, message: Message, need: int, locked: bool = False
-) -> TokenUsage:
-    """Hold `need` tokens for `message`, or raise the limit it would break. `locked`:
-    the caller already took `lock_user` in this transaction."""
-    if not locked:
-        lock_user(user=user)
+def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> TokenUsage:
+    """Hold `need` tokens for `message`, or raise the limit it would break. The caller
+    holds `lock_user` in this transaction (it reads the prompt rate with it)."""
     running, spent = _usage_now(user=user)
     if running >= settings.MAX_GENERATIONS_PER_USER:
         raise TooManyGenerations(

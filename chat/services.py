@@ -2,7 +2,7 @@
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -103,13 +103,6 @@ def member_leave(*, membership: Membership) -> int:
     return membership.user_id
 
 
-def _prompt_limit() -> int:
-    limit = settings.PROMPTS_PER_MINUTE
-    if limit <= 0:
-        raise RateLimited("Prompts are switched off on this server.", retry_after=60.0)
-    return limit
-
-
 def _nth_newest_prompt(*, user: AbstractBaseUser, limit: int) -> QuerySet[Message]:
     """The limit-th most recent prompt of the window, if there is one: one row, however
     high the limit; the next prompt fits once it leaves the window."""
@@ -120,32 +113,24 @@ def _nth_newest_prompt(*, user: AbstractBaseUser, limit: int) -> QuerySet[Messag
     return recent.values("created_at")[limit - 1 : limit]
 
 
-def _refuse_over_rate(nth_newest: datetime | None, limit: int) -> None:
-    if nth_newest is not None:
-        retry = (nth_newest + timedelta(minutes=1) - timezone.now()).total_seconds()
-        raise RateLimited(
-            f"At most {limit} prompts a minute.", retry_after=max(1.0, round(retry, 1))
-        )
-
-
-def _check_prompt_rate(*, user: AbstractBaseUser) -> None:
-    limit = _prompt_limit()
-    nth_newest = _nth_newest_prompt(user=user, limit=limit).values_list("created_at", flat=True)
-    _refuse_over_rate(next(iter(nth_newest), None), limit)
-
-
 def _lock_user_checking_rate(*, user: AbstractBaseUser) -> None:
-    """`_check_prompt_rate` read in the statement that takes the user's quota lock
-    (`quota.lock_user`, which `quota.reserve` then need not take): one statement for
+    """The prompt rate, read in the statement that takes the user's quota lock
+    (`quota.lock_user`, which `quota.reserve` relies on): one statement for
     both, first in the storing transaction so the rate is still answered before the
     constraints and the quota. Being under the lock makes it no stricter: a statement
     that waited for a lock reads the prompts as they were when it started, so racing
     processes can still store more than the limit, as the check allows for."""
-    limit = _prompt_limit()
+    limit = settings.PROMPTS_PER_MINUTE
+    if limit <= 0:
+        raise RateLimited("Prompts are switched off on this server.", retry_after=60.0)
     row = quota.lock_user(
         user=user, nth_newest=Subquery(_nth_newest_prompt(user=user, limit=limit))
     )
-    _refuse_over_rate(row and row["nth_newest"], limit)
+    if row and row["nth_newest"] is not None:
+        retry = (row["nth_newest"] + timedelta(minutes=1) - timezone.now()).total_seconds()
+        raise RateLimited(
+            f"At most {limit} prompts a minute.", retry_after=max(1.0, round(retry, 1))
+        )
 
 
 def _placeholder(*, conversation_id: uuid.UUID, prompt: Message, model: str) -> Message:
@@ -167,7 +152,7 @@ def _reserve(
     (inside the storing transaction, the user's lock already taken)."""
     history = selectors.prompt_history(prompt=prompt, limit=settings.STREAM_HISTORY_MESSAGES)
     need = estimate_prompt_tokens(history) + settings.OPENAI_MAX_TOKENS
-    quota.reserve(user=user, message=assistant, need=need, locked=True)
+    quota.reserve(user=user, message=assistant, need=need)
     return history
 
 

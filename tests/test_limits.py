@@ -155,10 +155,15 @@ def test_the_rate_limit_waits_for_the_limit_th_newest_prompt_to_leave_the_window
     the count falls below it, so the wait runs from the limit-th newest, not the oldest."""
     from datetime import timedelta
 
+    from django.db import transaction
     from django.utils import timezone
 
     from chat import services
     from chat.exceptions import RateLimited
+
+    def check_prompt_rate(user):
+        with transaction.atomic():  # the check takes the user's quota lock
+            services._lock_user_checking_rate(user=user)
 
     settings.PROMPTS_PER_MINUTE = 2
     now = timezone.now()
@@ -168,13 +173,13 @@ def test_the_rate_limit_waits_for_the_limit_th_newest_prompt_to_leave_the_window
         )
         Message.objects.filter(pk=prompt.pk).update(created_at=now - timedelta(seconds=age_s))
     with pytest.raises(RateLimited) as refused:
-        services._check_prompt_rate(user=users["bob"])
+        check_prompt_rate(users["bob"])
     assert 19 <= refused.value.retry_after <= 20  # the 40-second-old prompt, not the 50
     settings.PROMPTS_PER_MINUTE = 4
-    services._check_prompt_rate(user=users["bob"])  # three of four: allowed
+    check_prompt_rate(users["bob"])  # three of four: allowed
     settings.PROMPTS_PER_MINUTE = 0
     with pytest.raises(RateLimited):
-        services._check_prompt_rate(user=users["bob"])
+        check_prompt_rate(users["bob"])
 
 
 @pytest.mark.parametrize(
