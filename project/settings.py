@@ -109,7 +109,11 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Many threads write through sync_to_async; wait for the lock instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # IMMEDIATE: a transaction takes the write lock when it begins, so one that reads
+    # first (a prompt takes the user's quota lock with a SELECT) waits for a busy
+    # database like any writer; a deferred one fails at once with "database is locked"
+    # when it must upgrade a read snapshot another connection has written past.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(timeout=20, transaction_mode="IMMEDIATE")
 DB_POOL_MAX = env_int("DB_POOL_MAX", 10)
 if DATABASES["default"]["ENGINE"].endswith("postgresql") and DB_POOL_MAX > 0:
     # Without persistent connections every database_sync_to_async call opened and
