@@ -6,17 +6,15 @@ stored. Sync functions: callers run them inside `transaction.atomic()`.
 """
 
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, F, Q, Sum
+from django.db.models import F
 from django.utils import timezone
 
+from chat import sql
 from chat.exceptions import QuotaExceeded, TooManyGenerations
 from chat.models import Message, TokenUsage
-from chat.selectors import the_one
 
 
 def _next_reset(now: datetime) -> datetime:
@@ -25,41 +23,56 @@ def _next_reset(now: datetime) -> datetime:
 
 def _usage_now(*, user: AbstractBaseUser) -> tuple[int, int]:
     """(answers still generating, tokens spent today): used today plus what answers
-    still generating hold. One query, as it is on the path of every prompt."""
+    still generating hold. One statement, written out (chat/sql.py), as every prompt
+    reads it."""
     today = timezone.now().astimezone(UTC).date()
-    # Grouped by (settled, day), a handful of rows summed here: the same totals as one
-    # aggregate with a FILTER per total, for about half the ORM's Python.
-    groups = (
-        TokenUsage.objects.filter(Q(settled=False) | Q(day=today), user_id=user.pk)
-        .order_by()
-        .values_list("settled", "day")
-        .annotate(Count("pk"), Sum("used"), Sum("reserved"))
+    running, spent = sql.fetch_one(
+        """
+        SELECT
+            COALESCE(SUM(CASE WHEN settled = %s THEN 1 ELSE 0 END), 0),
+            COALESCE(SUM(CASE WHEN day = %s
+                THEN CASE WHEN settled = %s THEN COALESCE(used, 0) ELSE reserved END
+                ELSE 0 END), 0)
+        FROM chat_tokenusage
+        WHERE user_id = %s AND (settled = %s OR day = %s)
+        """,
+        [False, sql.date_param(today), True, user.pk, False, sql.date_param(today)],
     )
-    running = spent = 0
-    for settled, day, count, used, reserved in groups:
-        if not settled:
-            running += count
-        if day == today:
-            spent += (used if settled else reserved) or 0
-    return running, spent
+    return int(running), int(spent)
 
 
-def lock_user(*, user: AbstractBaseUser, **reads: Any) -> dict[str, Any] | None:
+def lock_user_reading_rate(
+    *, user: AbstractBaseUser, since: datetime, nth: int
+) -> tuple[bool, datetime | None]:
     """Serialize one user's reservations until the transaction ends: two prompts racing
     cannot both fit the last tokens of the day (a row lock on PostgreSQL; SQLite
-    serializes writers anyway). `reads` (expressions) are read in the same statement, so
-    a caller's own check costs no statement of its own; None if the user has no row.
+    serializes writers anyway). Reads in the same statement the creation time of the
+    user's `nth` newest prompt since `since`, for the caller's rate check: (whether the
+    user has a row, that time or None).
 
     The usage itself is read by a later statement (`_usage_now`), never here: a
     statement that waited for the lock still sees what it saw when it started, not the
     reservation the lock's previous holder just committed."""
-    users = get_user_model().objects.select_for_update().filter(pk=user.pk)
-    return the_one(users.values("pk", **reads))
+    users, pk = sql.user_table()
+    row = sql.fetch_one(
+        f"""
+        SELECT (
+            SELECT m.created_at FROM chat_message m
+            WHERE m.author_id = u.{pk} AND m.role = %s AND m.created_at >= %s
+            ORDER BY m.created_at DESC LIMIT 1 OFFSET %s
+        )
+        FROM {users} u WHERE u.{pk} = %s{sql.for_update()}
+        """,
+        [Message.Sender.USER.value, sql.datetime_param(since), nth - 1, user.pk],
+    )
+    if row is None:
+        return False, None
+    return True, sql.datetime_value(row[0])
 
 
-def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> TokenUsage:
+def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> None:
     """Hold `need` tokens for `message`, or raise the limit it would break. The caller
-    holds `lock_user` in this transaction (it reads the prompt rate with it)."""
+    holds `lock_user_reading_rate` in this transaction (it reads the prompt rate with it)."""
     running, spent = _usage_now(user=user)
     if running >= settings.MAX_GENERATIONS_PER_USER:
         raise TooManyGenerations(
@@ -74,8 +87,15 @@ def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> TokenUsag
             retry_after=round((reset - now).total_seconds()),
             reset_at=reset.isoformat(),
         )
-    return TokenUsage.objects.create(
-        user_id=user.pk, message=message, day=timezone.now().astimezone(UTC).date(), reserved=need
+    sql.insert(
+        [
+            TokenUsage(
+                user_id=user.pk,
+                message=message,
+                day=timezone.now().astimezone(UTC).date(),
+                reserved=need,
+            )
+        ]
     )
 
 

@@ -6,8 +6,10 @@ from typing import TypeVar
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
-from django.db.models import Exists, Q, QuerySet
+from django.db import connection
+from django.db.models import QuerySet
 
+from chat import sql
 from chat.models import Conversation, Membership, Message
 
 T = TypeVar("T")
@@ -43,30 +45,66 @@ def frame_access(
     in one call so a frame costs one thread hop, not two.
 
     A session kept in this database (the default engine) is checked inside the
-    membership's query, so a member's frame costs one statement; only when there is no
-    membership row does the session need its own look-up, to tell the two refusals
-    apart."""
-    alive = _session_exists(session)
-    if alive is None:  # no session, or one kept elsewhere: checked first, on its own
+    membership's statement, written out (chat/sql.py: a tenth of the ORM's CPU), so a
+    member's frame costs one statement; only when there is no membership row does the
+    session need its own look-up, to tell the two refusals apart."""
+    if not _session_in_this_database(session):
+        # No session, or one kept elsewhere: checked first, on its own.
         if session is not None and not session.exists(session.session_key):
             return False, None
         return True, membership_get(conversation_id=conversation_id, user=user)
-    membership = the_one(
-        _memberships(conversation_id=conversation_id, user=user).annotate(session_alive=alive)
+    users, pk = sql.user_table()
+    row = sql.fetch_one(
+        _MEMBERSHIP_WITH_SESSION.format(session=session.model._meta.db_table, users=users, pk=pk),
+        [session.session_key, sql.uuid_param(conversation_id), user.pk, True],
     )
-    if membership is None:
+    if row is None:
         return session.exists(session.session_key), None
-    if not membership.session_alive:
+    if not row[-1]:
         return False, None
-    return True, membership
+    return True, _membership_from_row(row, conversation_id=conversation_id, user=user)
 
 
-def _session_exists(session: SessionBase | None) -> Exists | None:
-    """`session.exists(session.session_key)` as a subquery, when that is all it does
-    (the database engine's own `exists`; e.g. `cached_db` asks its cache first)."""
-    if session is None or session.__class__.exists is not DatabaseSessionStore.exists:
-        return None
-    return Exists(session.model.objects.filter(session_key=session.session_key))
+# The `_memberships` query, with the session's existence read in the same statement.
+_MEMBERSHIP_WITH_SESSION = """
+    SELECT m.id, m.role, m.created_at, c.title, c.owner_id, c.created_at, c.updated_at,
+        EXISTS (SELECT 1 FROM {session} s WHERE s.session_key = %s)
+    FROM chat_membership m
+    JOIN chat_conversation c ON c.id = m.conversation_id
+    JOIN {users} u ON u.{pk} = m.user_id
+    WHERE m.conversation_id = %s AND m.user_id = %s AND u.is_active = %s
+"""
+
+
+def _membership_from_row(
+    row: tuple, *, conversation_id: uuid.UUID | str, user: AbstractBaseUser
+) -> Membership:
+    membership_id, role, joined_at, title, owner_id, created_at, updated_at, _ = row
+    alias = connection.alias
+    conversation = Conversation.from_db(
+        alias,
+        ["id", "title", "owner_id", "created_at", "updated_at"],
+        [
+            sql.uuid_value(conversation_id),
+            title,
+            owner_id,
+            sql.datetime_value(created_at),
+            sql.datetime_value(updated_at),
+        ],
+    )
+    membership = Membership.from_db(
+        alias,
+        ["id", "conversation_id", "user_id", "role", "created_at"],
+        [membership_id, conversation.id, user.pk, role, sql.datetime_value(joined_at)],
+    )
+    membership.conversation = conversation
+    return membership
+
+
+def _session_in_this_database(session: SessionBase | None) -> bool:
+    """Whether `session.exists(session.session_key)` is a look-up in this database, and
+    nothing more (the database engine's own `exists`; `cached_db` asks its cache first)."""
+    return session is not None and session.__class__.exists is DatabaseSessionStore.exists
 
 
 def conversation_exists(*, conversation_id: uuid.UUID | str) -> bool:
@@ -105,15 +143,22 @@ def message_get(*, conversation_id: uuid.UUID | str, message_id: str) -> Message
 
 
 def prompt_history(*, prompt: Message, limit: int) -> list[dict[str, str]]:
-    """The chat-completions `messages` for answering `prompt`: the turns up to it."""
-    earlier = (
-        Message.objects.filter(
-            conversation_id=prompt.conversation_id, created_at__lte=prompt.created_at
-        )
-        .exclude(Q(status=Message.Status.STREAMING) | Q(content=""))
-        # What moderation hid is not fed back to the model either.
-        .filter(redacted=False)
-        .order_by("-created_at")
-        .values_list("role", "content")[:limit]
+    """The chat-completions `messages` for answering `prompt`: the turns up to it, not
+    those still streaming or empty, nor what moderation hid (chat/sql.py: written out,
+    as every prompt reads it)."""
+    rows = sql.fetch_all(
+        """
+        SELECT role, content FROM chat_message
+        WHERE conversation_id = %s AND created_at <= %s
+            AND status <> %s AND content <> '' AND redacted = %s
+        ORDER BY created_at DESC LIMIT %s
+        """,
+        [
+            sql.uuid_param(prompt.conversation_id),
+            sql.datetime_param(prompt.created_at),
+            Message.Status.STREAMING.value,
+            False,
+            limit,
+        ],
     )
-    return [{"role": role, "content": content} for role, content in reversed(list(earlier))]
+    return [{"role": role, "content": content} for role, content in reversed(rows)]

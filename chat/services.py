@@ -8,10 +8,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet, Subquery
 from django.utils import timezone
 
-from chat import quota, selectors
+from chat import quota, selectors, sql
 from chat.exceptions import Busy, Forbidden, NotFound, RateLimited
 from chat.models import Conversation, Membership, Message, Role
 from chat.streaming import estimate_prompt_tokens
@@ -103,19 +102,9 @@ def member_leave(*, membership: Membership) -> int:
     return membership.user_id
 
 
-def _nth_newest_prompt(*, user: AbstractBaseUser, limit: int) -> QuerySet[Message]:
-    """The limit-th most recent prompt of the window, if there is one: one row, however
-    high the limit; the next prompt fits once it leaves the window."""
-    window_start = timezone.now() - timedelta(minutes=1)
-    recent = Message.objects.filter(
-        author_id=user.pk, role=Message.Sender.USER, created_at__gte=window_start
-    ).order_by("-created_at")
-    return recent.values("created_at")[limit - 1 : limit]
-
-
 def _lock_user_checking_rate(*, user: AbstractBaseUser) -> None:
     """The prompt rate, read in the statement that takes the user's quota lock
-    (`quota.lock_user`, which `quota.reserve` relies on): one statement for
+    (`quota.lock_user_reading_rate`, which `quota.reserve` relies on): one statement for
     both, first in the storing transaction so the rate is still answered before the
     constraints and the quota. Being under the lock makes it no stricter: a statement
     that waited for a lock reads the prompts as they were when it started, so racing
@@ -123,11 +112,13 @@ def _lock_user_checking_rate(*, user: AbstractBaseUser) -> None:
     limit = settings.PROMPTS_PER_MINUTE
     if limit <= 0:
         raise RateLimited("Prompts are switched off on this server.", retry_after=60.0)
-    row = quota.lock_user(
-        user=user, nth_newest=Subquery(_nth_newest_prompt(user=user, limit=limit))
+    # The limit-th most recent prompt of the window, if there is one: the next prompt
+    # fits once it leaves the window.
+    _, nth_newest = quota.lock_user_reading_rate(
+        user=user, since=timezone.now() - timedelta(minutes=1), nth=limit
     )
-    if row and row["nth_newest"] is not None:
-        retry = (row["nth_newest"] + timedelta(minutes=1) - timezone.now()).total_seconds()
+    if nth_newest is not None:
+        retry = (nth_newest + timedelta(minutes=1) - timezone.now()).total_seconds()
         raise RateLimited(
             f"At most {limit} prompts a minute.", retry_after=max(1.0, round(retry, 1))
         )
@@ -171,9 +162,10 @@ def prompt_submit(
     retries are rare and every prompt would pay for the lookup.
 
     Checked in this order, each answered by its own error: the prompt rate, then the
-    constraints (a retry, or an answer already streaming), then the quota. Eight
-    statements (`bench.db_cost`): the rate is read with the quota's user lock, and the
-    prompt and its placeholder go in one INSERT."""
+    constraints (a retry, or an answer already streaming), then the quota. Six
+    statements between BEGIN and COMMIT (`bench.db_cost`), written out (chat/sql.py)
+    as every prompt waits for them: the rate is read with the quota's user lock, and
+    the prompt and its placeholder go in one INSERT."""
     try:
         with transaction.atomic():
             _lock_user_checking_rate(user=user)
@@ -187,14 +179,16 @@ def prompt_submit(
                 completed_at=timezone.now(),
             )
             assistant = _placeholder(conversation_id=conversation_id, prompt=prompt, model=model)
-            Message.objects.bulk_create([prompt, assistant])
-            if assistant.created_at <= prompt.created_at:
-                # One INSERT stamps both (`auto_now_add`) microseconds apart, or in the
-                # same microsecond: the answer must still sort after its prompt.
-                assistant.created_at = prompt.created_at + timedelta(microseconds=1)
-                Message.objects.filter(pk=assistant.pk).update(created_at=assistant.created_at)
+            # Stamped here, not by `auto_now_add`, which could give both the same
+            # microsecond: the answer must sort after its prompt.
+            prompt.created_at = timezone.now()
+            assistant.created_at = prompt.created_at + timedelta(microseconds=1)
+            sql.insert([prompt, assistant])
             history = _reserve(prompt=prompt, assistant=assistant, user=user)
-            Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
+            sql.execute(
+                "UPDATE chat_conversation SET updated_at = %s WHERE id = %s",
+                [sql.datetime_param(timezone.now()), sql.uuid_param(conversation_id)],
+            )
     except RateLimited:
         # A retry of a prompt already stored is not a new prompt: give it back.
         earlier = client_msg_id and _earlier_submission(conversation_id, client_msg_id)
@@ -243,7 +237,7 @@ def regenerate_submit(
             assistant = _placeholder(
                 conversation_id=conversation_id, prompt=old.reply_to, model=model
             )
-            assistant.save(force_insert=True)
+            sql.insert([assistant])
             history = _reserve(prompt=old.reply_to, assistant=assistant, user=user)
     except IntegrityError:
         raise Busy() from None

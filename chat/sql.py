@@ -1,0 +1,119 @@
+"""Hand-written statements for a prompt's trip to the database, on SQLite and PostgreSQL.
+
+Every prompt waits for these before its answer can start, on the process's one database
+thread. Through the ORM each statement cost 0.5-3 ms of Python on this project's
+benchmark machines (building the query, compiling it, making model objects) against
+0.1-0.3 ms for the same SQL written out: most of a prompt's time-to-first-token overhead,
+and GIL time the websocket deliveries wait for (`bench.db_cost`, docs/decisions.md).
+The statements stay plain SQL that both databases run; the few differences (how a UUID
+or a datetime is stored, `FOR UPDATE`) are bridged by the helpers here, with Django's own
+field and backend methods, so the values stored are exactly what the ORM would store.
+"""
+
+import functools
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.db.models import Model
+from django.db.models.fields import AutoFieldMixin
+from django.utils.dateparse import parse_date, parse_datetime
+
+
+def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def fetch_all(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def execute(sql: str, params: Sequence[Any]) -> int:
+    """Run a write; the number of rows it touched."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+@functools.cache
+def user_table() -> tuple[str, str]:
+    """The user model's table and primary-key column (the model is a setting)."""
+    meta = get_user_model()._meta
+    return meta.db_table, meta.pk.column
+
+
+def for_update() -> str:
+    """The row-lock clause, where the database has one (SQLite serializes writers)."""
+    return " FOR UPDATE" if connection.features.has_select_for_update else ""
+
+
+def uuid_param(value: uuid.UUID | str) -> Any:
+    """A UUID as its column stores it (native on PostgreSQL, 32 hex digits on SQLite);
+    ValueError for a string that is not one."""
+    value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    return value if connection.features.has_native_uuid_field else value.hex
+
+
+def datetime_param(value: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def date_param(value: date) -> Any:
+    return connection.ops.adapt_datefield_value(value)
+
+
+def uuid_value(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+
+
+def datetime_value(value: Any) -> datetime | None:
+    """A datetime read from any column: SQLite gives naive UTC datetimes for datetime
+    columns and text for computed ones; PostgreSQL gives aware ones."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def date_value(value: Any) -> date | None:
+    return parse_date(value) if isinstance(value, str) else value
+
+
+def insert(rows: Sequence[Model]) -> None:
+    """INSERT model objects of one model in one statement, with the values `save()`
+    would store, except that a timestamp already set is kept (`auto_now_add` would
+    overwrite it), so a caller can order two rows it inserts together. Database-numbered
+    keys are left to the database and not read back."""
+    model = type(rows[0])
+    fields = [
+        f
+        for f in model._meta.concrete_fields
+        if not (isinstance(f, AutoFieldMixin) and getattr(rows[0], f.attname) is None)
+    ]
+    stamped = {f for f in fields if getattr(f, "auto_now", 0) or getattr(f, "auto_now_add", 0)}
+    params = []
+    for row in rows:
+        for f in fields:
+            value = getattr(row, f.attname)
+            if value is None and f in stamped:
+                value = f.pre_save(row, add=True)
+            params.append(f.get_db_prep_save(value, connection))
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    execute(
+        f"INSERT INTO {quote(model._meta.db_table)} ({columns}) "
+        f"VALUES {', '.join([placeholders] * len(rows))}",
+        params,
+    )
+    for row in rows:
+        row._state.adding = False
+        row._state.db = connection.alias
