@@ -252,11 +252,9 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
                 )
             )
             return
-        await fanout.publish_frame(
-            self.conversation_id,
-            protocol.message_frame(protocol.message_payload(submitted.user_message)),
+        self._start(
+            submitted, protocol.message_frame(protocol.message_payload(submitted.user_message))
         )
-        await self._start(submitted)
 
     async def _regenerate(self, message_id: str) -> None:
         submitted = await self._submit_if_allowed(
@@ -267,19 +265,21 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
             model=settings.OPENAI_MODEL,
         )
         if submitted is not None:
-            await self._start(submitted)
+            self._start(submitted)
 
-    async def _start(self, submitted: services.Submitted) -> None:
+    def _start(self, submitted: services.Submitted, *frames: dict[str, Any]) -> None:
+        """Start the answer, and publish `frames` and its placeholder meanwhile: the
+        upstream request does not wait for those round trips to Redis; the answer's
+        first delta, or its `done`, does (generation.Job.announced)."""
         assistant = submitted.assistant_message
-        await fanout.publish_frame(
-            self.conversation_id, protocol.message_frame(protocol.message_payload(assistant))
-        )
+        frames = (*frames, protocol.message_frame(protocol.message_payload(assistant)))
+        announced = asyncio.create_task(fanout.publish_frames(self.conversation_id, frames))
         request = StreamRequest(
             model=settings.OPENAI_MODEL,
             messages=submitted.history,
             max_tokens=settings.OPENAI_MAX_TOKENS,
         )
-        registry.start(Job(self.conversation_id, assistant.id, request))
+        registry.start(Job(self.conversation_id, assistant.id, request, announced=announced))
 
     async def _cancel(self, message_id: str) -> None:
         message = await db(selectors.message_get)(

@@ -6,6 +6,7 @@ with the JSON text built once here; consumers forward the text without re-encodi
 
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -56,6 +57,14 @@ async def publish(conversation_id: uuid.UUID | str, event: dict[str, Any]) -> bo
 async def publish_frame(conversation_id: uuid.UUID | str, frame: dict[str, Any]) -> bool:
     """Broadcast a server frame to every viewer of the conversation."""
     return await publish(conversation_id, {"type": "chat.frame", "text": protocol.dumps(frame)})
+
+
+async def publish_frames(
+    conversation_id: uuid.UUID | str, frames: Sequence[dict[str, Any]]
+) -> None:
+    """Broadcast server frames one after another, each once the last is published."""
+    for frame in frames:
+        await publish_frame(conversation_id, frame)
 
 
 def delta_event(message_id: str, seq: int, text: str) -> dict[str, Any]:

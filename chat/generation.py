@@ -7,8 +7,10 @@ stores every running message as `interrupted` on shutdown.
 """
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from channels.layers import get_channel_layer
@@ -28,6 +30,16 @@ class Job:
     conversation_id: uuid.UUID
     message_id: uuid.UUID
     request: StreamRequest
+    # The frames that show the answer (its prompt, its placeholder), still being
+    # published when the job starts: the first delta and the `done` wait for them.
+    announced: Awaitable[None] | None = None
+
+
+async def wait_announced(job: Job) -> None:
+    """Until the job's announcing frames are published (or failed to be, logged)."""
+    if job.announced is not None:
+        with contextlib.suppress(Exception):
+            await job.announced
 
 
 class Registry:
@@ -79,7 +91,7 @@ class Registry:
         runner = StreamRunner(
             get_client(),
             job.request,
-            publish=Relay(job.conversation_id, job.message_id),
+            publish=Relay(job.conversation_id, job.message_id, after=job.announced),
             checkpoint=lambda text, seq: db(services.message_checkpoint)(
                 message_id=job.message_id, content=text, seq=seq
             ),
@@ -177,6 +189,7 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
     # Its own task, which starts once `done` is on its way: moderation never delays or
     # fails the answer, and whoever sees `done` can already wait for it.
     moderation.schedule(job.message_id)
+    await wait_announced(job)
     await fanout.publish_frame(
         job.conversation_id, protocol.done_frame(protocol.message_payload(message))
     )

@@ -8,8 +8,10 @@ retries once on a fresh connection, and the log is rewritten whole at the next f
 that reaches Redis, so it never holds a text with a hole in it.
 """
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable
 
 from chat import fanout, metrics, replay
 
@@ -19,7 +21,15 @@ log = logging.getLogger(__name__)
 class Relay:
     """The `publish` callback of one generation's stream runner."""
 
-    def __init__(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
+    def __init__(
+        self,
+        conversation_id: uuid.UUID,
+        message_id: uuid.UUID,
+        *,
+        after: Awaitable[None] | None = None,
+    ) -> None:
+        # Awaited before the first delta: the frames viewers must see before it.
+        self._after = after
         self._conversation_id = conversation_id
         self._message_id = str(message_id)
         self._texts: list[str] = []
@@ -28,6 +38,10 @@ class Relay:
         self._channel = fanout.pubsub_channel(conversation_id)
 
     async def __call__(self, seq: int, text: str) -> None:
+        if self._after is not None:
+            after, self._after = self._after, None
+            with contextlib.suppress(Exception):  # a failed publish is logged where it failed
+                await after
         self._texts.append(text)
         event = fanout.delta_event(self._message_id, seq, text)
         publication = None

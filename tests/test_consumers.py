@@ -9,7 +9,7 @@ import pytest
 from django.test import AsyncClient
 from django.utils import timezone
 
-from chat import replay, services, sweeper
+from chat import fanout, replay, services, sweeper
 from chat.models import Message
 from tests.sockets import connect, frames_until
 
@@ -52,6 +52,32 @@ async def test_prompt_streams_and_is_stored_with_usage(users, conversation):
     assert stored.content == count_to(40)
     assert stored.total_tokens == done["usage"]["total_tokens"]
     assert stored.seq == len(deltas)
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("content", ["Count to 40", "Count to 5 [[sim fault=http_500]]"])
+async def test_the_prompt_and_placeholder_reach_viewers_before_the_answer_however_slow(
+    users, conversation, settings, monkeypatch, content
+):
+    # The answer starts while its prompt and placeholder are being published: its first
+    # delta, and a `done` with no delta before it, must still come after them.
+    settings.OPENAI_MAX_RETRIES = 0
+    publish_frame = fanout.publish_frame
+
+    async def slow_publish_frame(conversation_id, frame):
+        if frame["type"] == "message":
+            await asyncio.sleep(0.3)
+        return await publish_frame(conversation_id, frame)
+
+    monkeypatch.setattr(fanout, "publish_frame", slow_publish_frame)
+    comm = await connect(users["alice"], conversation.id)
+    await comm.send_json_to({"type": "prompt", "content": content})
+    frames = await frames_until(comm, lambda f: f["type"] == "done")
+    kinds = [f["type"] if f["type"] != "message" else f["message"]["role"] for f in frames]
+    assert kinds[:2] == ["user", "assistant"]
+    assert kinds[-1] == "done"
+    assert set(kinds[2:-1]) <= {"delta"}
+    assert frames[-1]["message"]["status"] == ("complete" if "40" in content else "failed")
     await comm.disconnect()
 
 
