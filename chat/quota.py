@@ -9,7 +9,6 @@ from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import F
 from django.utils import timezone
 
 from chat import sql
@@ -101,6 +100,8 @@ def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> None:
 
 def settle(*, message_id, used: int | None) -> None:
     """Replace the reservation by what was really spent (the reservation if unknown)."""
-    TokenUsage.objects.filter(message_id=message_id, settled=False).update(
-        used=F("reserved") if used is None else used, settled=True
+    sql.execute(
+        "UPDATE chat_tokenusage SET used = COALESCE(%s, reserved), settled = %s"
+        " WHERE message_id = %s AND settled = %s",
+        [used, True, sql.uuid_param(message_id), False],
     )

@@ -3,6 +3,7 @@
 import uuid
 from typing import TypeVar
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
@@ -128,6 +129,23 @@ def message_list(*, conversation_id: uuid.UUID | str, limit: int = 200) -> list[
         .order_by("-created_at")[:limit]
     )
     return list(reversed(list(newest)))
+
+
+def message_with_author(*, message_id: uuid.UUID | str) -> Message | None:
+    """A message with its author's username loaded, or None: what an answer's `done`
+    frame shows, read once per answer (chat/sql.py: written out)."""
+    users, pk = sql.user_table()
+    row = sql.fetch_one(
+        f"SELECT {sql.columns(Message, 'm')}, u.username FROM chat_message m"
+        f" LEFT JOIN {users} u ON u.{pk} = m.author_id WHERE m.id = %s",
+        [sql.uuid_param(message_id)],
+    )
+    if row is None:
+        return None
+    message = sql.load(Message, row)
+    if message.author_id is not None:
+        message.author = get_user_model()(pk=message.author_id, username=row[-1])
+    return message
 
 
 def message_get(*, conversation_id: uuid.UUID | str, message_id: str) -> Message | None:

@@ -286,11 +286,16 @@ def message_finish(
     if usage is not None:
         fields["prompt_tokens"], fields["completion_tokens"], fields["total_tokens"] = usage
     # The runner holds the whole text, so its write wins over a sweeper that judged it
-    # dead too early (`interrupted`), but never over another final state.
+    # dead too early (`interrupted`), but never over another final state. Written out
+    # (chat/sql.py), as every answer ends with it while others are streaming.
+    key = sql.uuid_param(message_id)
     with transaction.atomic():
-        Message.objects.filter(
-            pk=message_id, status__in=[Status.STREAMING, Status.INTERRUPTED]
-        ).update(**fields)
+        sql.update(
+            Message,
+            fields,
+            "id = %s AND status IN (%s, %s)",
+            [key, Status.STREAMING.value, Status.INTERRUPTED.value],
+        )
         quota.settle(message_id=message_id, used=usage[2] if usage else 0)
     # None: the conversation was deleted while the answer ran; nothing left to store.
-    return selectors.the_one(Message.objects.select_related("author").filter(pk=message_id))
+    return selectors.message_with_author(message_id=message_id)

@@ -117,3 +117,48 @@ def insert(rows: Sequence[Model]) -> None:
     for row in rows:
         row._state.adding = False
         row._state.db = connection.alias
+
+
+def update(model: type[Model], values: dict[str, Any], where: str, params: Sequence[Any]) -> int:
+    """UPDATE the rows of `model` that `where` (SQL, with `params`) selects, setting
+    `values` (field name: value) as `save()` would store them; the rows touched."""
+    fields = [model._meta.get_field(name) for name in values]
+    quote = connection.ops.quote_name
+    return execute(
+        f"UPDATE {quote(model._meta.db_table)} "
+        f"SET {', '.join(f'{quote(f.column)} = %s' for f in fields)} WHERE {where}",
+        [f.get_db_prep_save(v, connection) for f, v in zip(fields, values.values(), strict=True)]
+        + list(params),
+    )
+
+
+def columns(model: type[Model], table_alias: str) -> str:
+    """The model's columns, for a SELECT whose rows `load` turns back into objects."""
+    quote = connection.ops.quote_name
+    return ", ".join(f"{table_alias}.{quote(f.column)}" for f in model._meta.concrete_fields)
+
+
+def load(model: type[Model], row: Sequence[Any]) -> Model:
+    """A model object from a row that begins with `columns(model)`, its values
+    converted as the ORM converts them (SQLite's UUIDs, datetimes and booleans)."""
+    fields = model._meta.concrete_fields
+    values = list(row[: len(fields)])
+    for i, expression, converters in _converters(model, connection.vendor):
+        value = values[i]
+        for convert in converters:
+            value = convert(value, expression, connection)
+        values[i] = value
+    return model.from_db(connection.alias, [f.attname for f in fields], values)
+
+
+@functools.cache
+def _converters(model: type[Model], vendor: str) -> list[tuple[int, Any, list[Any]]]:
+    # What the ORM's compiler applies to each selected column (`get_db_converters`),
+    # for the columns that have any; once per model and database vendor.
+    found = []
+    for i, f in enumerate(model._meta.concrete_fields):
+        expression = f.get_col(model._meta.db_table)
+        converters = connection.ops.get_db_converters(expression) + f.get_db_converters(connection)
+        if converters:
+            found.append((i, expression, converters))
+    return found

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from chat import moderation, quota, selectors, services
 from chat.exceptions import Busy, RateLimited
-from chat.models import Message, ModerationCase, TokenUsage
+from chat.models import Membership, Message, ModerationCase, TokenUsage
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -54,6 +54,20 @@ def test_a_members_frame_costs_one_statement(users, conversation, django_assert_
         assert membership.conversation.title == "t"  # loaded with it
     assert signed_in is True
     assert (membership.user_id, membership.role) == (users["bob"].pk, "member")
+
+
+def field_values(obj) -> dict:
+    return {f.attname: getattr(obj, f.attname) for f in type(obj)._meta.concrete_fields}
+
+
+def test_the_membership_read_by_hand_is_the_one_the_orm_reads(users, conversation):
+    _, membership = selectors.frame_access(
+        session=session_of(users["bob"]), conversation_id=conversation.id, user=users["bob"]
+    )
+    orm = Membership.objects.select_related("conversation").get(pk=membership.pk)
+    assert field_values(membership) == field_values(orm)
+    assert field_values(membership.conversation) == field_values(orm.conversation)
+    assert membership._state.adding is False
 
 
 def test_frame_access_tells_an_ended_session_from_a_missing_membership(users, conversation):
@@ -144,6 +158,38 @@ def test_a_regenerate_reads_the_rate_with_the_lock(users, conversation, django_a
     assert again.assistant_message.reply_to_id == first.user_message.pk
     # The turns up to the prompt it answers again, not the answer it replaces.
     assert again.history == [{"role": "user", "content": "How long is a piece of string?"}]
+
+
+def test_a_finished_answer_read_by_hand_is_the_one_the_orm_reads(
+    users, conversation, django_assert_num_queries
+):
+    first = submit(conversation, users["bob"])
+    # BEGIN, the answer, the reservation, COMMIT, then the answer read back.
+    with django_assert_num_queries(5):
+        message = services.message_finish(
+            message_id=first.assistant_message.pk,
+            status="failed",
+            content="partial",
+            seq=3,
+            model="m",
+            usage=(5, 3, 8),
+            usage_estimated=True,
+            error_code="upstream_error",
+            error_detail="cut",
+            error_retry_after=1.5,
+            ttft_ms=12,
+            duration_ms=300,
+        )
+    orm = Message.objects.select_related("author").get(pk=message.pk)
+    assert field_values(message) == field_values(orm)
+    assert (message.status, message.usage_estimated, message.redacted) == ("failed", True, False)
+    assert message.reply_to_id == first.user_message.pk
+    assert message.created_at.tzinfo is not None
+    assert TokenUsage.objects.get(message_id=message.pk).used == 8
+    # A prompt is a message with an author: its name comes with it.
+    prompt = selectors.message_with_author(message_id=first.user_message.pk)
+    assert prompt.author.username == "bob"
+    assert field_values(prompt) == field_values(Message.objects.get(pk=prompt.pk))
 
 
 def test_usage_counts_answers_running_since_any_day_and_the_spend_of_today(users):
