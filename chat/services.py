@@ -245,9 +245,13 @@ def regenerate_submit(
 
 
 def message_checkpoint(*, message_id: uuid.UUID, content: str, seq: int) -> None:
-    """Save the text so far (deltas 1..seq) and prove the runner is alive."""
-    Message.objects.filter(pk=message_id, status=Status.STREAMING).update(
-        content=content, seq=seq, heartbeat_at=timezone.now()
+    """Save the text so far (deltas 1..seq) and prove the runner is alive: every
+    running answer, every STREAM_CHECKPOINT_S (written out, chat/sql.py)."""
+    sql.update(
+        Message,
+        {"content": content, "seq": seq, "heartbeat_at": timezone.now()},
+        "id = %s AND status = %s",
+        [sql.uuid_param(message_id), Status.STREAMING.value],
     )
 
 
