@@ -2,14 +2,16 @@
 
     .venv/bin/python -m bench.upstream_cost [--streams 10] [--words 300]
 
-Starts the simulator (60 tokens/s) and reads the same streams three ways in this process,
+Starts the simulator (60 tokens/s) and reads the same streams five ways in this process,
 measuring this process's CPU time per content chunk:
 - `create`: `client.chat.completions.create(stream=True)`, what chat/streaming.py does;
 - `post`: the same client, `client.post(..., cast_to=object, stream=True)`: request,
   retries, SSE decoding and error events by the SDK, chunks left as dicts;
 - `post-aiohttp`: `post` on a client whose HTTP transport is aiohttp
-  (`openai.DefaultAioHttpClient`, the SDK's `openai[aiohttp]` extra): what
-  chat/streaming.py does with chat/upstream.py's client;
+  (`openai.DefaultAioHttpClient`, the SDK's `openai[aiohttp]` extra);
+- `chunk-stream`: `post-aiohttp` with `stream_cls=ChunkStream` (chat/sse_chunks.py), the
+  SSE split out of each read at once: what chat/streaming.py does with
+  chat/upstream.py's client;
 - `httpx2`: a bare httpx2 request, lines split and `json.loads`-ed by hand (a floor).
 """
 
@@ -63,13 +65,15 @@ async def measure(base_url: str, streams: int, words: int) -> dict[str, float]:
                 n += 1
         return n
 
-    async def via_post(client: openai.AsyncOpenAI = client) -> int:
+    async def via_post(
+        client: openai.AsyncOpenAI = client, stream_cls: type = openai.AsyncStream[object]
+    ) -> int:
         stream = await client.post(
             "/chat/completions",
             body=body("post"),
             cast_to=object,
             stream=True,
-            stream_cls=openai.AsyncStream[object],
+            stream_cls=stream_cls,
         )
         n = 0
         async for chunk in stream:
@@ -94,10 +98,16 @@ async def measure(base_url: str, streams: int, words: int) -> dict[str, float]:
     async def via_post_aiohttp() -> int:
         return await via_post(aio_client)
 
+    async def via_chunk_stream() -> int:
+        from chat.sse_chunks import ChunkStream
+
+        return await via_post(aio_client, ChunkStream)
+
     variants = (
         ("create", via_create),
         ("post", via_post),
         ("post-aiohttp", via_post_aiohttp),
+        ("chunk-stream", via_chunk_stream),
         ("httpx2", via_httpx2),
     )
     for name, fn in variants:

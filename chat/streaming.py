@@ -18,6 +18,7 @@ from typing import Any
 import openai
 
 from chat.exceptions import StreamError
+from chat.sse_chunks import ChunkStream
 from chat.text import clean_model_text
 from chat.upstream import translate_error
 
@@ -205,16 +206,17 @@ class StreamRunner:
         if request.max_tokens:
             body["max_tokens"] = request.max_tokens
         # The SDK retries connection errors, 429 and 5xx while sending the request only,
-        # never once the stream has started: no answer is billed or shown twice. It also
-        # decodes the SSE and raises the stream's error events; `cast_to=object` only
-        # skips building a model object per chunk, half the CPU of reading a token (213
-        # -> 107 us per chunk, bench/REPORT.md): chunks arrive as dicts.
+        # never once the stream has started: no answer is billed or shown twice.
+        # `cast_to=object` skips building a model object per chunk, half the CPU of
+        # reading a token (213 -> 107 us per chunk, bench/REPORT.md): chunks arrive as
+        # dicts, their SSE decoded by ChunkStream (a quarter less CPU again) with the
+        # SDK's errors for error events and broken reads.
         post = functools.partial(
             self._client.post,
             "/chat/completions",
             cast_to=object,
             stream=True,
-            stream_cls=openai.AsyncStream[object],
+            stream_cls=ChunkStream,
         )
         try:
             stream = await post(body=body)
