@@ -14,6 +14,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
 from chat import protocol
+from chat.redis_lane import get_lane
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,19 @@ def generation_group(message_id: uuid.UUID | str) -> str:
 
 
 async def publish(conversation_id: uuid.UUID | str, event: dict[str, Any]) -> bool:
-    """Send one event to the conversation group; False (logged) if the layer failed."""
+    """Send one event to the conversation group; False (logged) if it could not be.
+
+    Under the pub/sub layer the event is PUBLISHed on this process's lane
+    (chat/redis_lane.py), where the deltas go: in order with them, and clear of the
+    layer's one lock, which every SUBSCRIBE through the layer holds for a round trip
+    (bench/REPORT.md). The layer is the way when there is no lane, and the fallback."""
+    channel = pubsub_channel(conversation_id)
+    if channel is not None:
+        try:
+            await get_lane().round_trip(("PUBLISH", channel, serialize(event)))
+            return True
+        except Exception as exc:
+            log.info("lane publish to %s failed, trying the layer: %r", conversation_id, exc)
     group = conversation_group(conversation_id)
     for attempt in (1, 2):
         try:

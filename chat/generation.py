@@ -18,6 +18,7 @@ from django.conf import settings
 
 from chat import fanout, logs, metrics, moderation, protocol, replay, services
 from chat.db import db
+from chat.redis_subscriber import get_subscriber
 from chat.relay import Relay
 from chat.streaming import INTERRUPTED, StreamOutcome, StreamRequest, StreamRunner
 from chat.upstream import get_client
@@ -116,8 +117,36 @@ class Registry:
 
 
 async def _listen_for_cancel(message_id: uuid.UUID, runner: StreamRunner) -> None:
-    layer = get_channel_layer()
     group = fanout.generation_group(message_id)
+    redis_channel = fanout.group_pubsub_channel(group)
+    try:
+        if redis_channel is not None:
+            await _listen_on_redis(redis_channel, runner)
+        else:
+            await _listen_on_layer(group, runner)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.warning("cancel listener for %s stopped", message_id, exc_info=True)
+
+
+async def _listen_on_redis(redis_channel: str, runner: StreamRunner) -> None:
+    # On the process's own subscriber connection, as the hub does: through the pub/sub
+    # layer each generation's SUBSCRIBE queued behind the layer's one lock, which its
+    # PUBLISHes share, and held up the prompt frames of every other answer starting then
+    # (seconds at 100 answers starting at once, bench/REPORT.md).
+    subscriber = get_subscriber()
+    events = await subscriber.subscribe(redis_channel)
+    try:
+        while True:
+            if fanout.deserialize(await events.get()).get("type") == "generation.cancel":
+                runner.stop("cancelled")
+    finally:
+        subscriber.unsubscribe(redis_channel)
+
+
+async def _listen_on_layer(group: str, runner: StreamRunner) -> None:
+    layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(group, channel)
     try:
@@ -127,10 +156,6 @@ async def _listen_for_cancel(message_id: uuid.UUID, runner: StreamRunner) -> Non
             event = await layer.receive(channel)
             if event.get("type") == "generation.cancel":
                 runner.stop("cancelled")
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.warning("cancel listener for %s stopped", message_id, exc_info=True)
     finally:
         try:
             await asyncio.shield(layer.group_discard(group, channel))
