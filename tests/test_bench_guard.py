@@ -35,11 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # XADD (the replay log) and PUBLISH (the delta to the group), sent in one write.
 PER_FLUSH_COMMANDS = {"XADD": 1, "PUBLISH": 1}
 PER_FLUSH_ROUND_TRIPS = 1
-# Per generation, besides its flushes: the cancel listener subscribes to its own channel
-# and to the generation's group and unsubscribes both; the user message, the placeholder
-# and `done` are published; the replay log gets its TTL at its first append and a short
-# one at the end.
-PER_GENERATION_COMMANDS = {"SUBSCRIBE": 2, "UNSUBSCRIBE": 2, "PUBLISH": 3, "EXPIRE": 2}
+# Per generation, besides its flushes: the cancel listener subscribes to the generation
+# group's channel and unsubscribes; the user message, the placeholder and `done` are
+# published; the replay log gets its TTL at its first append and a short one at the end.
+PER_GENERATION_COMMANDS = {"SUBSCRIBE": 1, "UNSUBSCRIBE": 1, "PUBLISH": 3, "EXPIRE": 2}
 # Per answered prompt, whatever its length: the prompt (user message and placeholder in
 # one INSERT, token reservation, conversation's updated_at), the answer (final state,
 # usage settled) and its moderation (case opened, attempt counted, verdict stored,
