@@ -7,7 +7,6 @@ stores every running message as `interrupted` on shutdown.
 """
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable
@@ -32,15 +31,9 @@ class Job:
     message_id: uuid.UUID
     request: StreamRequest
     # The frames that show the answer (its prompt, its placeholder), still being
-    # published when the job starts: the first delta and the `done` wait for them.
+    # published when the job starts: the first delta and the `done` wait for them. It
+    # never raises: a failed publish is logged and reported by `fanout.publish`.
     announced: Awaitable[None] | None = None
-
-
-async def wait_announced(job: Job) -> None:
-    """Until the job's announcing frames are published (or failed to be, logged)."""
-    if job.announced is not None:
-        with contextlib.suppress(Exception):
-            await job.announced
 
 
 class Registry:
@@ -214,7 +207,8 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
     # Its own task, which starts once `done` is on its way: moderation never delays or
     # fails the answer, and whoever sees `done` can already wait for it.
     moderation.schedule(job.message_id)
-    await wait_announced(job)
+    if job.announced is not None:
+        await job.announced
     await fanout.publish_frame(
         job.conversation_id, protocol.done_frame(protocol.message_payload(message))
     )

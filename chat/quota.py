@@ -40,14 +40,12 @@ def _usage_now(*, user: AbstractBaseUser) -> tuple[int, int]:
     return int(running), int(spent)
 
 
-def lock_user_reading_rate(
-    *, user: AbstractBaseUser, since: datetime, nth: int
-) -> tuple[bool, datetime | None]:
+def lock_user_reading_rate(*, user: AbstractBaseUser, since: datetime, nth: int) -> datetime | None:
     """Serialize one user's reservations until the transaction ends: two prompts racing
     cannot both fit the last tokens of the day (a row lock on PostgreSQL; SQLite
     serializes writers anyway). Reads in the same statement the creation time of the
-    user's `nth` newest prompt since `since`, for the caller's rate check: (whether the
-    user has a row, that time or None).
+    user's `nth` newest prompt since `since`, for the caller's rate check (None when there
+    is no such prompt, or no such user).
 
     The usage itself is read by a later statement (`_usage_now`), never here: a
     statement that waited for the lock still sees what it saw when it started, not the
@@ -64,9 +62,7 @@ def lock_user_reading_rate(
         """,
         [Message.Sender.USER.value, sql.datetime_param(since), nth - 1, user.pk],
     )
-    if row is None:
-        return False, None
-    return True, sql.datetime_value(row[0])
+    return sql.datetime_value(row[0]) if row else None
 
 
 def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> None:

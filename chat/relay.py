@@ -8,7 +8,6 @@ retries once on a fresh connection, and the log is rewritten whole at the next f
 that reaches Redis, so it never holds a text with a hole in it.
 """
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable
@@ -40,8 +39,7 @@ class Relay:
     async def __call__(self, seq: int, text: str) -> None:
         if self._after is not None:
             after, self._after = self._after, None
-            with contextlib.suppress(Exception):  # a failed publish is logged where it failed
-                await after
+            await after
         self._texts.append(text)
         event = fanout.delta_event(self._message_id, seq, text)
         publication = None

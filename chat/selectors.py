@@ -7,7 +7,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
-from django.db import connection
 from django.db.models import QuerySet
 
 from chat import sql
@@ -56,50 +55,21 @@ def frame_access(
         return True, membership_get(conversation_id=conversation_id, user=user)
     users, pk = sql.user_table()
     row = sql.fetch_one(
-        _MEMBERSHIP_WITH_SESSION.format(session=session.model._meta.db_table, users=users, pk=pk),
+        f"SELECT {sql.columns(Membership, 'm')}, {sql.columns(Conversation, 'c')},"
+        f" EXISTS (SELECT 1 FROM {session.model._meta.db_table} s WHERE s.session_key = %s)"
+        " FROM chat_membership m JOIN chat_conversation c ON c.id = m.conversation_id"
+        f" JOIN {users} u ON u.{pk} = m.user_id"
+        " WHERE m.conversation_id = %s AND m.user_id = %s AND u.is_active = %s",
         [session.session_key, sql.uuid_param(conversation_id), user.pk, True],
     )
     if row is None:
         return session.exists(session.session_key), None
     if not row[-1]:
         return False, None
-    return True, _membership_from_row(row, conversation_id=conversation_id, user=user)
-
-
-# The `_memberships` query, with the session's existence read in the same statement.
-_MEMBERSHIP_WITH_SESSION = """
-    SELECT m.id, m.role, m.created_at, c.title, c.owner_id, c.created_at, c.updated_at,
-        EXISTS (SELECT 1 FROM {session} s WHERE s.session_key = %s)
-    FROM chat_membership m
-    JOIN chat_conversation c ON c.id = m.conversation_id
-    JOIN {users} u ON u.{pk} = m.user_id
-    WHERE m.conversation_id = %s AND m.user_id = %s AND u.is_active = %s
-"""
-
-
-def _membership_from_row(
-    row: tuple, *, conversation_id: uuid.UUID | str, user: AbstractBaseUser
-) -> Membership:
-    membership_id, role, joined_at, title, owner_id, created_at, updated_at, _ = row
-    alias = connection.alias
-    conversation = Conversation.from_db(
-        alias,
-        ["id", "title", "owner_id", "created_at", "updated_at"],
-        [
-            sql.uuid_value(conversation_id),
-            title,
-            owner_id,
-            sql.datetime_value(created_at),
-            sql.datetime_value(updated_at),
-        ],
-    )
-    membership = Membership.from_db(
-        alias,
-        ["id", "conversation_id", "user_id", "role", "created_at"],
-        [membership_id, conversation.id, user.pk, role, sql.datetime_value(joined_at)],
-    )
-    membership.conversation = conversation
-    return membership
+    # The `_memberships` query's objects: the membership with its conversation.
+    membership = sql.load(Membership, row)
+    membership.conversation = sql.load(Conversation, row[len(Membership._meta.concrete_fields) :])
+    return True, membership
 
 
 def _session_in_this_database(session: SessionBase | None) -> bool:

@@ -114,7 +114,7 @@ def _lock_user_checking_rate(*, user: AbstractBaseUser) -> None:
         raise RateLimited("Prompts are switched off on this server.", retry_after=60.0)
     # The limit-th most recent prompt of the window, if there is one: the next prompt
     # fits once it leaves the window.
-    _, nth_newest = quota.lock_user_reading_rate(
+    nth_newest = quota.lock_user_reading_rate(
         user=user, since=timezone.now() - timedelta(minutes=1), nth=limit
     )
     if nth_newest is not None:

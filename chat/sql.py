@@ -20,7 +20,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Model
 from django.db.models.fields import AutoFieldMixin
-from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.dateparse import parse_datetime
 
 
 def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
@@ -69,10 +69,6 @@ def date_param(value: date) -> Any:
     return connection.ops.adapt_datefield_value(value)
 
 
-def uuid_value(value: Any) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
-
-
 def datetime_value(value: Any) -> datetime | None:
     """A datetime read from any column: SQLite gives naive UTC datetimes for datetime
     columns and text for computed ones; PostgreSQL gives aware ones."""
@@ -81,10 +77,6 @@ def datetime_value(value: Any) -> datetime | None:
     if isinstance(value, str):
         value = parse_datetime(value)
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def date_value(value: Any) -> date | None:
-    return parse_date(value) if isinstance(value, str) else value
 
 
 def insert(rows: Sequence[Model]) -> None:
