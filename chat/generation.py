@@ -128,14 +128,17 @@ async def _listen_on_redis(redis_channel: str, runner: StreamRunner) -> None:
     # layer each generation's SUBSCRIBE queued behind the layer's one lock, which its
     # PUBLISHes share, and held up the prompt frames of every other answer starting then
     # (seconds at 100 answers starting at once, bench/REPORT.md).
+    def on_message(payload: bytes) -> None:
+        if fanout.deserialize(payload).get("type") == "generation.cancel":
+            runner.stop("cancelled")
+
     subscriber = get_subscriber()
-    events = await subscriber.subscribe(redis_channel)
+    await subscriber.subscribe(redis_channel, on_message)
     try:
-        while True:
-            if fanout.deserialize(await events.get()).get("type") == "generation.cancel":
-                runner.stop("cancelled")
+        # Until the generation ends and cancels this listener.
+        await asyncio.get_running_loop().create_future()
     finally:
-        subscriber.unsubscribe(redis_channel)
+        subscriber.unsubscribe(redis_channel, on_message)
 
 
 async def _listen_on_layer(group: str, runner: StreamRunner) -> None:

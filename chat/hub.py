@@ -5,13 +5,18 @@ group event cost, per socket: a queue put and get, a msgpack decode, a task wake
 a round of `asyncio.wait` in Channels' dispatch loop, several times what sending the
 frame costs. The hub receives each event once per process and hands it to the local
 sockets of the conversation in turn (bench/REPORT.md measures both). Events keep their
-order: one pump per group delivers them one after another. On the Redis pub/sub layer
-the hub subscribes to the group's Redis channel itself, on one connection of its own
-(chat/redis_subscriber.py); on other layers it joins the group with a layer channel.
+order for every socket. On the Redis pub/sub layer the hub subscribes to the group's
+Redis channel itself, on one connection of its own (chat/redis_subscriber.py), and
+hands each event to the sockets as the connection reads it: most sockets take it
+without awaiting anything (a frame written straight to the socket), and only what must
+be awaited waits for the group's pump task, with every later event queued behind it.
+On other layers the hub joins the group with a layer channel and the pump receives.
 """
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,15 +35,20 @@ class Member(Protocol):
     async def deliver(self, event: dict[str, Any]) -> None: ...
 
 
+Delivery = tuple[dict[str, Any], list[Member]]  # an event and the sockets still to get it
+
+
 @dataclass(eq=False)
 class _Group:
     ready: asyncio.Future[None]
     members: dict[Member, None] = field(default_factory=dict)  # insertion-ordered set
     channel: str = ""  # the layer channel in the group, or
-    redis_channel: str | None = None  # the Redis channel subscribed to directly
-    payloads: asyncio.Queue[bytes] | None = None  # ... and its messages
+    redis_channel: str | None = None  # the Redis channel subscribed to directly,
+    on_message: Callable[[bytes], None] | None = None  # ... with this callback, and
+    backlog: asyncio.Queue[Delivery] | None = None  # ... what waits for the pump
+    busy: bool = False  # the pump is delivering from the backlog
     pump: asyncio.Task[None] | None = None
-    idle: asyncio.Event = field(default_factory=asyncio.Event)  # the pump awaits the layer
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # the pump awaits its input
 
 
 class Hub:
@@ -58,7 +68,9 @@ class Hub:
             try:
                 entry.redis_channel = fanout.group_pubsub_channel(group)
                 if entry.redis_channel is not None:
-                    entry.payloads = await get_subscriber().subscribe(entry.redis_channel)
+                    entry.backlog = asyncio.Queue()
+                    entry.on_message = functools.partial(self._receive, group, entry)
+                    await get_subscriber().subscribe(entry.redis_channel, entry.on_message)
                 else:
                     entry.channel = await layer.new_channel()
                     await layer.group_add(group, entry.channel)
@@ -102,24 +114,47 @@ class Hub:
             await entry.idle.wait()
             entry.pump.cancel()
             await asyncio.gather(entry.pump, return_exceptions=True)
-        if entry.redis_channel is not None:
-            get_subscriber().unsubscribe(entry.redis_channel)
+        if entry.on_message is not None:
+            get_subscriber().unsubscribe(entry.redis_channel, entry.on_message)
             return
         try:
             await get_channel_layer().group_discard(group, entry.channel)
         except Exception:
             log.debug("group_discard of %s failed", group, exc_info=True)
 
+    def _receive(self, group: str, entry: _Group, payload: bytes) -> None:
+        """A message of the group's Redis channel, as the subscriber reads it: handed to
+        every socket that takes it without awaiting; from the first that does not, it
+        waits for the pump, and so does every event after it until the pump is done."""
+        try:
+            event = fanout.deserialize(payload)
+        except Exception:
+            log.warning("an event for %s could not be read", group, exc_info=True)
+            return
+        members = list(entry.members)
+        if entry.busy or not entry.backlog.empty():
+            entry.backlog.put_nowait((event, members))
+            return
+        for index, member in enumerate(members):
+            try:
+                if member.deliver_now(event):
+                    continue
+            except Exception as exc:
+                _delivery_failed(event, exc)
+                continue
+            entry.backlog.put_nowait((event, members[index:]))
+            return
+
     async def _pump(self, group: str, entry: _Group) -> None:
         layer = get_channel_layer()
-        payloads = entry.payloads
+        backlog = entry.backlog
         while True:
             entry.idle.set()
             try:
-                if payloads is not None:
-                    event = fanout.deserialize(await payloads.get())
+                if backlog is not None:
+                    event, members = await backlog.get()
                 else:
-                    event = await layer.receive(entry.channel)
+                    event, members = await layer.receive(entry.channel), None
                 entry.idle.clear()
             except asyncio.CancelledError:
                 raise
@@ -127,18 +162,30 @@ class Hub:
                 log.warning("receiving for %s failed", group, exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
-            for member in list(entry.members):
-                try:
-                    # Most events to most sockets need no awaiting (a frame written
-                    # straight to the socket): no coroutine per socket for those.
-                    if not member.deliver_now(event):
-                        await member.deliver(event)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # Typically a socket that closed while this event was on its way
-                    # (its disconnect is still queued); the others still get theirs.
-                    log.warning("delivering %s to a socket failed: %r", event.get("type"), exc)
+            entry.busy = True
+            try:
+                await _deliver(event, list(entry.members) if members is None else members)
+            finally:
+                entry.busy = False
+
+
+async def _deliver(event: dict[str, Any], members: list[Member]) -> None:
+    for member in members:
+        try:
+            # Most events to most sockets need no awaiting (a frame written straight to
+            # the socket): no coroutine per socket for those.
+            if not member.deliver_now(event):
+                await member.deliver(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _delivery_failed(event, exc)
+
+
+def _delivery_failed(event: dict[str, Any], exc: Exception) -> None:
+    # Typically a socket that closed while this event was on its way (its disconnect is
+    # still queued); the others still get theirs.
+    log.warning("delivering %s to a socket failed: %r", event.get("type"), exc)
 
 
 _stopping: set[asyncio.Task[None]] = set()

@@ -1,5 +1,6 @@
 """The hub's own Redis pub/sub connection: one per process, each conversation's channel
-subscribed once, every message parsed once (hiredis) and queued for its group.
+subscribed once, every message parsed once (hiredis) and handed to its subscribers'
+callbacks as it is read.
 
 Through channels_redis each received event went through redis-py's `get_message` with
 a timeout (an `asyncio.timeout` and a retry wrapper per message), a message dict and
@@ -20,6 +21,7 @@ chat/group_events.py). A connection that stops answering is noticed by a PING ev
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from django.conf import settings
 
@@ -32,24 +34,27 @@ TIMEOUT_S = 5.0  # a subscription's confirmation; a PING's answer
 PING_EVERY_S = 15.0
 RETRY_MAX_S = 1.0
 
+OnMessage = Callable[[bytes], None]
+
 
 class Subscriber:
     """This process's subscriptions (per event loop: sockets belong to their loop)."""
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self.queues: dict[bytes, asyncio.Queue[bytes]] = {}
+        self.handlers: dict[bytes, list[OnMessage]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._link = resp.OnDemand(self._connect)
         self._retrying: asyncio.Task[None] | None = None
         self._pinging: asyncio.Task[None] | None = None
 
-    async def subscribe(self, channel: str) -> asyncio.Queue[bytes]:
-        """Subscribe to a Redis channel; its messages' payloads arrive on the returned
-        queue, in order. Raises when Redis cannot be reached or does not confirm."""
+    async def subscribe(self, channel: str, on_message: OnMessage) -> None:
+        """Subscribe `on_message` to a Redis channel: it is called with each message's
+        payload, in order, as the connection reads it (so it must not raise or block).
+        Returns once Redis confirms; raises when Redis cannot be reached or does not."""
         name = channel.encode()
         connection = await self._link.get()
-        queue = self.queues.setdefault(name, asyncio.Queue())
+        self.handlers.setdefault(name, []).append(on_message)
         confirmed = self._confirmations.get(name)
         if confirmed is None:
             confirmed = self._confirmations[name] = asyncio.get_running_loop().create_future()
@@ -58,24 +63,35 @@ class Subscriber:
             async with asyncio.timeout(TIMEOUT_S):
                 await asyncio.shield(confirmed)
         except BaseException:
-            self.unsubscribe(channel)
+            self.unsubscribe(channel, on_message)
             raise
-        return queue
 
-    def unsubscribe(self, channel: str) -> None:
+    def unsubscribe(self, channel: str, on_message: OnMessage) -> None:
+        """Stop calling `on_message`; the channel is unsubscribed once nothing else of
+        this process listens to it (a conversation left and joined again at once)."""
         name = channel.encode()
+        handlers = self.handlers.get(name)
+        if handlers is None or on_message not in handlers:
+            return
+        handlers.remove(on_message)
+        if handlers:
+            return
+        del self.handlers[name]
         self._confirmations.pop(name, None)
         connection = self._link.connection
-        if self.queues.pop(name, None) is not None and connection and connection.is_open:
+        if connection and connection.is_open:
             connection.send(("UNSUBSCRIBE", name))
 
     def _push(self, reply: list) -> None:
         # `[b"message", channel, payload]`, the common case; or `[b"subscribe", channel,
         # count]`, which confirms a channel; or an UNSUBSCRIBE or PING answer.
         if reply[0] == b"message":
-            queue = self.queues.get(reply[1])
-            if queue is not None:
-                queue.put_nowait(reply[2])
+            for on_message in tuple(self.handlers.get(reply[1], ())):
+                try:
+                    on_message(reply[2])
+                except Exception:
+                    # A callback's bug must not cost the connection the replies after it.
+                    log.exception("handling a message of %r failed", reply[1])
         elif reply[0] == b"subscribe":
             confirmed = self._confirmations.get(reply[1])
             if confirmed is not None and not confirmed.done():
@@ -91,16 +107,16 @@ class Subscriber:
                 confirmed.set_exception(error)
                 confirmed.exception()  # retrieved: the subscriber waiting on it raises
             del self._confirmations[name]
-        if self.queues and self._retrying is None:
+        if self.handlers and self._retrying is None:
             log.warning("Redis pub/sub connection %s lost: reconnecting", connection.client_id)
             self._retrying = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _connect(self) -> resp.RespConnection:
         connection = await resp.connect(self._url, name="livechat-hub", on_push=self._push)
         connection.on_lost = self._lost
-        if self.queues:
+        if self.handlers:
             # Channels that were subscribed before a reconnect: all again, at once.
-            names = list(self.queues)
+            names = list(self.handlers)
             for name in names:
                 self._confirmations.setdefault(name, asyncio.get_running_loop().create_future())
             connection.send(("SUBSCRIBE", *names))
@@ -111,7 +127,7 @@ class Subscriber:
     async def _reconnect(self) -> None:
         pause = 0.0
         try:
-            while self.queues and self._link.connection is None:
+            while self.handlers and self._link.connection is None:
                 await asyncio.sleep(pause)
                 try:
                     await self._link.get()
