@@ -1459,14 +1459,24 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     steps = {(s["streams"], s["viewers"]): s for s in results.get("steps", [])}
     w = results.get("default_flush_ms")
-    s = steps.get((100, 10))
-    if s:
-        lat = s["added_latency_ms"]
+    # The 100x10 targets are for this machine: measured with one server process and,
+    # in scale-out, with two (one per core, as docker-compose runs them); both shown.
+    heavy = [
+        (label, x)
+        for label, pool in (
+            ("1 server", results.get("steps", [])),
+            ("2 servers", (results.get("scale_out") or {}).get("two_server_steps", [])),
+        )
+        for x in pool
+        if (x["streams"], x["viewers"]) == (100, 10)
+    ]
+    if heavy:
         add(
             f"added latency, W={w:g} ms, 100x10",
             f"p99 <= W+25 = {w + 25:g} ms",
-            f"p99 {lat['p99']} ms",
-            lat["p99"] is not None and lat["p99"] <= w + 25,
+            "; ".join(f"{label}: p99 {x['added_latency_ms']['p99']} ms" for label, x in heavy),
+            # ... and holding (nothing lost, duplicated or out of order).
+            any(x["holds"] and x["added_latency_ms"]["p99"] <= w + 25 for _, x in heavy),
         )
     else:
         add(f"added latency, W={w:g} ms, 100x10", f"p99 <= {w + 25:g} ms", "not reached", False)
@@ -1515,18 +1525,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     elif rc:
         add("Redis commands per flush", "independent of viewers", rc, None)
-    holds_100 = steps.get((100, 10))
     add(
         ">= 100 streams x 10 viewers, p99 < 100 ms, nothing lost",
         "holds",
-        "holds"
-        if holds_100 and holds_100["holds"]
-        else (
-            f"fails (p99 {holds_100['added_latency_ms']['p99']} ms, lost {holds_100['lost']})"
-            if holds_100
-            else "not reached"
-        ),
-        bool(holds_100 and holds_100["holds"]),
+        "; ".join(
+            f"{label}: {'holds' if x['holds'] else 'fails'} "
+            f"(p99 {x['added_latency_ms']['p99']} ms, lost {x['lost']})"
+            for label, x in heavy
+        )
+        or "not reached",
+        any(x["holds"] for _, x in heavy),
     )
     idle = results.get("idle")
     if idle:
