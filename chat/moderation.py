@@ -28,10 +28,10 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, Group, Permission
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from chat import fanout, protocol, selectors
+from chat import fanout, protocol, selectors, sql
 from chat.db import db
 from chat.exceptions import ChatError, NotFound
 from chat.models import Message, ModerationCase, ModerationEvent
@@ -174,12 +174,14 @@ def _final_answers(message_id: uuid.UUID | str) -> QuerySet[Message]:
 def _open_and_claim(*, message_id: uuid.UUID | str) -> tuple[int, str] | None:
     """`case_open` then `_claim` in one trip to the database thread: what every finished
     answer costs. The text and the existing case's id are read with the message, and a
-    new case is one INSERT: 3 statements (2 when the case exists), 9 as two trips."""
-    auto_case = ModerationCase.objects.filter(message_id=OuterRef("pk"), source=Source.AUTO)
-    row = selectors.the_one(
-        _final_answers(message_id)
-        .annotate(case_id=Subquery(auto_case.order_by().values("pk")[:1]))
-        .values_list("content", "case_id")
+    new case is one INSERT: 3 statements (2 when the case exists), 9 as two trips. The
+    read and the lease are SQL written out (chat/sql.py), as the prompt's statements."""
+    row = sql.fetch_one(
+        "SELECT m.content, (SELECT c.id FROM chat_moderationcase c"
+        " WHERE c.message_id = m.id AND c.source = %s LIMIT 1)"
+        " FROM chat_message m WHERE m.id = %s AND m.role = %s"
+        f" AND m.status IN ({', '.join(['%s'] * len(FINAL_STATUSES))}) AND m.content <> ''",
+        [Source.AUTO, sql.uuid_param(message_id), Message.Sender.ASSISTANT, *FINAL_STATUSES],
     )
     if row is None:
         return None
@@ -259,11 +261,16 @@ def _claim(*, case_id: int, force: bool = False) -> str | None:
 
 def _lease(*, case_id: int, force: bool = False) -> bool:
     now = timezone.now()
-    cases = ModerationCase.objects.filter(pk=case_id, state=State.PENDING)
-    if not force:
-        cases = cases.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
     lease = now + timedelta(seconds=settings.MODERATION_TIMEOUT_S + LEASE_EXTRA_S)
-    return bool(cases.update(attempts=F("attempts") + 1, next_attempt_at=lease))
+    due = "" if force else " AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
+    return bool(
+        sql.execute(
+            "UPDATE chat_moderationcase SET attempts = attempts + 1, next_attempt_at = %s"
+            f" WHERE id = %s AND state = %s{due}",
+            [sql.datetime_param(lease), case_id, State.PENDING]
+            + ([] if force else [sql.datetime_param(now)]),
+        )
+    )
 
 
 def backoff_s(attempts: int) -> float:
@@ -304,11 +311,14 @@ def _record_result(*, case_id: int, verdict: Verdict) -> tuple[str, VisibilityCh
     the verdict's fields (what `save()` would write besides them is what the locked row
     already holds)."""
     with transaction.atomic():
-        state, source, message_id = (
-            ModerationCase.objects.select_for_update()
-            .values_list("state", "source", "message_id")
-            .get(pk=case_id)
+        row = sql.fetch_one(
+            f"SELECT state, source, message_id FROM chat_moderationcase WHERE id = %s"
+            f"{sql.for_update()}",
+            [case_id],
         )
+        if row is None:
+            raise ModerationCase.DoesNotExist(f"No moderation case {case_id}.")
+        state, source, message_id = row
         now = timezone.now()
         fields = {
             "flagged": verdict.flagged,
@@ -325,24 +335,39 @@ def _record_result(*, case_id: int, verdict: Verdict) -> tuple[str, VisibilityCh
         # Staff may have decided while the call ran: their decision stands.
         if state == State.PENDING:
             state = fields["state"] = _state_for(flagged=verdict.flagged, source=source)
-        ModerationCase.objects.filter(pk=case_id).update(**fields)
+        sql.update(ModerationCase, fields, "id = %s", [case_id])
         return state, _refresh_visibility(message_id=message_id)
 
 
-def _refresh_visibility(*, message_id: uuid.UUID) -> VisibilityChange | None:
+def _refresh_visibility(*, message_id: uuid.UUID | str) -> VisibilityChange | None:
     """Derive `Message.redacted` from the message's cases; the change, if any."""
     # Two statements, not one UPDATE deriving and comparing with an EXISTS: that one
     # was measured to cost more Python (two subqueries to build) than the round trip
-    # it saves.
-    hide = Q(state=State.REJECTED)
+    # it saves. Written out, as every finished answer's verdict runs them.
+    hide, params = "c.state = %s", [State.REJECTED]
     if settings.MODERATION_HOLD_FLAGGED:
         # Held: flagged by the model and no human decision yet. A report alone never
         # hides a message, or any member could hide any answer.
-        hide |= Q(state=State.FLAGGED, flagged=True)
-    hidden = ModerationCase.objects.filter(message_id=message_id).filter(hide).exists()
-    if not Message.objects.filter(pk=message_id, redacted=not hidden).update(redacted=hidden):
+        hide, params = (
+            "(c.state = %s OR (c.state = %s AND c.flagged = %s))",
+            [
+                State.REJECTED,
+                State.FLAGGED,
+                True,
+            ],
+        )
+    message_param = sql.uuid_param(message_id)
+    (hidden,) = sql.fetch_one(
+        f"SELECT EXISTS (SELECT 1 FROM chat_moderationcase c WHERE c.message_id = %s AND {hide})",
+        [message_param, *params],
+    )
+    hidden = bool(hidden)  # SQLite answers 0 or 1
+    changed = sql.update(
+        Message, {"redacted": hidden}, "id = %s AND redacted = %s", [message_param, not hidden]
+    )
+    if not changed:
         return None
-    message = Message.objects.select_related("author").get(pk=message_id)
+    message = selectors.message_with_author(message_id=message_id)
     return VisibilityChange(
         conversation_id=message.conversation_id,
         message_id=message.pk,

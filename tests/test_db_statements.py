@@ -8,7 +8,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chat import moderation, quota, selectors, services
+from chat import moderation, protocol, quota, selectors, services
 from chat.exceptions import Busy, RateLimited
 from chat.models import Membership, Message, ModerationCase, TokenUsage
 
@@ -259,6 +259,39 @@ def test_a_verdict_costs_six_statements(conversation, django_assert_num_queries)
     assert (stored.last_error, stored.next_attempt_at) == ("", None)
     with pytest.raises(ModerationCase.DoesNotExist):
         moderation._record_result(case_id=case.pk + 1000, verdict=CLEAN)
+
+
+def test_a_held_verdict_hides_the_message_and_a_decision_shows_it_again(
+    settings, users, conversation
+):
+    settings.MODERATION_HOLD_FLAGGED = True
+    message = answer(conversation, "bad")
+    case = moderation.case_open(message_id=message.pk)
+    flagged = moderation.Verdict(
+        flagged=True, categories=["hate"], scores={"hate": 0.9}, model="m", raw={"id": "x"}
+    )
+    state, change = moderation._record_result(case_id=case.pk, verdict=flagged)
+    assert state == State.FLAGGED
+    assert (change.hidden, change.message_id, change.conversation_id, change.payload) == (
+        True,
+        message.pk,
+        conversation.id,
+        None,
+    )
+    stored = ModerationCase.objects.get(pk=case.pk)
+    assert (stored.categories, stored.category_scores, stored.result) == (
+        ["hate"],
+        {"hate": 0.9},
+        {"id": "x"},
+    )
+    assert (stored.flagged, stored.top_score, stored.state) == (True, 0.9, State.FLAGGED)
+    assert Message.objects.get(pk=message.pk).redacted is True
+
+    change = moderation.case_decide(case_id=case.pk, actor=users["alice"], action="approve").change
+    assert (change.hidden, change.message_id) == (False, message.pk)
+    shown = Message.objects.select_related("author").get(pk=message.pk)
+    assert shown.redacted is False
+    assert change.payload == protocol.message_payload(shown)  # as the ORM's object gives it
 
 
 def test_a_message_stays_hidden_while_any_of_its_cases_hides_it(users, conversation):
