@@ -1384,6 +1384,9 @@ async def scale_out(bench: Bench, mode: Mode, steps: list[dict[str, Any]]) -> di
     one = holding[-1] if holding else None
     sweep = mode.sweep or mode.scale_out_sweep or []
     start = sweep.index((one["streams"], one["viewers"])) if one else 0
+    if (100, 10) in sweep:
+        # From 100x10 at the latest: the targets for that step are judged on two too.
+        start = min(start, sweep.index((100, 10)))
     two_steps = []
     for streams, viewers in sweep[start:]:
         if (streams, viewers) == (1, 1):
