@@ -23,6 +23,9 @@ from chat.per_loop import PerLoop
 # The whole round trip, connecting included.
 TIMEOUT_S = 5.0
 
+# A write in flight: its connection and the future of its replies.
+Sent = tuple[resp.RespConnection, asyncio.Future[list[object]]]
+
 
 class Lane:
     def __init__(self, url: str) -> None:
@@ -33,17 +36,37 @@ class Lane:
         first error reply (redis-py's ResponseError), or the connection's error."""
         async with asyncio.timeout(TIMEOUT_S):
             connection = await self._link.get()
-            try:
-                replies = await connection.call(*commands)
-            except BaseException:
-                # Broken, timed out or cancelled: a late reply must not stay pending on
-                # a connection that later round trips would wait behind.
-                connection.close()
-                raise
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise redis_errors.ResponseError(str(reply))
-        return replies
+            return await _replies(connection, connection.call(*commands))
+
+    def send_now(self, *commands: resp.Command) -> Sent | None:
+        """Write `commands` at once when the connection is open (None when it is not:
+        use `round_trip`, which connects); `confirm` then waits for their replies. For
+        a caller that must not wait a turn of the event loop to start a round trip."""
+        connection = self._link.connection
+        if connection is None or not connection.is_open:
+            return None
+        return connection, connection.call(*commands)
+
+    async def confirm(self, sent: Sent) -> list[object]:
+        """The replies of what `send_now` wrote, as `round_trip` returns them."""
+        async with asyncio.timeout(TIMEOUT_S):
+            return await _replies(*sent)
+
+
+async def _replies(
+    connection: resp.RespConnection, replies: asyncio.Future[list[object]]
+) -> list[object]:
+    try:
+        result = await replies
+    except BaseException:
+        # Broken, timed out or cancelled: a late reply must not stay pending on a
+        # connection that later round trips would wait behind.
+        connection.close()
+        raise
+    for reply in result:
+        if isinstance(reply, hiredis.ReplyError):
+            raise redis_errors.ResponseError(str(reply))
+    return result
 
 
 _lanes: PerLoop[Lane] = PerLoop()

@@ -11,8 +11,10 @@ that reaches Redis, so it never holds a text with a hole in it.
 import logging
 import uuid
 from collections.abc import Awaitable
+from typing import Any
 
 from chat import fanout, metrics, replay
+from chat.redis_lane import Sent, get_lane
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,32 @@ class Relay:
         # Where the layer publishes this conversation's events: fixed for the generation.
         self._channel = fanout.pubsub_channel(conversation_id)
 
-    async def __call__(self, seq: int, text: str) -> None:
+    def __call__(self, seq: int, text: str) -> Awaitable[None]:
+        """Publish delta `seq`; the result completes once Redis has answered (or the
+        layer has taken the delta instead). The write itself goes out now when nothing
+        needs awaiting first (the lane's connection open, the log intact, the frames
+        before the first delta out): the runner calls this as its flush window ends,
+        so the delta does not wait another turn of the event loop to leave."""
+        if self._after is None and self._log_intact and self._channel is not None:
+            event = fanout.delta_event(self._message_id, seq, text)
+            publication = (self._channel, fanout.serialize(event))
+            commands = replay.append_commands(self._message_id, seq, text, publication)
+            sent = get_lane().send_now(*commands)
+            if sent is not None:
+                self._texts.append(text)
+                return self._confirm(seq, event, sent)
+        return self._publish(seq, text)
+
+    async def _confirm(self, seq: int, event: dict[str, Any], sent: Sent) -> None:
+        published = False
+        try:
+            await get_lane().confirm(sent)
+            published = True
+        except Exception as exc:
+            self._append_failed(seq, exc)
+        await self._fall_back_unless(published, event)
+
+    async def _publish(self, seq: int, text: str) -> None:
         if self._after is not None:
             after, self._after = self._after, None
             await after
@@ -55,10 +82,16 @@ class Relay:
                 log.info("replay log of %s rebuilt up to seq %s", self._message_id, seq)
             published = publication is not None
         except Exception as exc:
-            # The PUBLISH may have gone out before the failure: consumers drop a delta
-            # whose seq they have already shown, so sending it again below is safe.
-            self._log_intact = False
-            log.warning("replay log append failed for %s seq %s: %r", self._message_id, seq, exc)
+            self._append_failed(seq, exc)
+        await self._fall_back_unless(published, event)
+
+    def _append_failed(self, seq: int, exc: Exception) -> None:
+        # The PUBLISH may have gone out before the failure: consumers drop a delta whose
+        # seq they have already shown, so sending it again through the layer is safe.
+        self._log_intact = False
+        log.warning("replay log append failed for %s seq %s: %r", self._message_id, seq, exc)
+
+    async def _fall_back_unless(self, published: bool, event: dict[str, Any]) -> None:
         metrics.deltas_published.inc()
         if not published and not await fanout.publish(self._conversation_id, event):
             metrics.layer_drops.inc()

@@ -47,6 +47,13 @@ async def append(
     if not redis_enabled():
         _memory_logs.setdefault(message_id, []).append(text)
         return
+    await get_lane().round_trip(*append_commands(message_id, seq, text, then_publish))
+
+
+def append_commands(
+    message_id: str, seq: int, text: str, then_publish: Publication | None
+) -> list[tuple[object, ...]]:
+    """The Redis commands of `append` (for a caller that sends them itself)."""
     stream = _stream_key(message_id)
     commands: list[tuple[object, ...]] = [("XADD", stream, "*", "s", seq, "t", text)]
     if seq == 1:
@@ -55,7 +62,7 @@ async def append(
         commands.append(("EXPIRE", stream, RUNNING_TTL_S))
     if then_publish is not None:
         commands.append(("PUBLISH", *then_publish))
-    await get_lane().round_trip(*commands)
+    return commands
 
 
 async def read(message_id: str) -> LogState | None:

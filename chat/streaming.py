@@ -93,6 +93,7 @@ class StreamRunner:
         self._wake = asyncio.Event()
         self._reading_done = asyncio.Event()
         self._window: asyncio.Future[None] | None = None  # the flush window being waited
+        self._flushing: Awaitable[None] | None = None  # a flush its window's end started
         self._stop_reason: str | None = None
         self._stop_requested = asyncio.Event()
         self._pieces = 0
@@ -288,16 +289,33 @@ class StreamRunner:
 
     def _end_window(self) -> None:
         if self._window is not None and not self._window.done():
+            # The flush starts here, in the timer's callback, rather than when the
+            # flusher task wakes on the loop's next turn: under load a turn is
+            # milliseconds, added to every delta the window held.
+            if self._buffer and self._flushing is None:
+                self._flushing = self._start_flush()
             self._window.set_result(None)
 
-    async def _flush(self) -> None:
-        if not self._buffer:
-            return
+    def _start_flush(self) -> Awaitable[None] | None:
+        """Take the buffer as the next delta and call `publish` (which may start its
+        write at once); what it returns is awaited by `_flush`."""
         text = "".join(self._buffer)
         self._buffer.clear()
         self._published.append(text)
         try:
-            await self._publish(self.seq, text)
+            return self._publish(self.seq, text)
+        except Exception:
+            log.warning("publishing delta %s failed", self.seq, exc_info=True)
+            return None
+
+    async def _flush(self) -> None:
+        publishing, self._flushing = self._flushing, None
+        if publishing is None and self._buffer:
+            publishing = self._start_flush()
+        if publishing is None:
+            return
+        try:
+            await publishing
         except Exception:
             # Viewers recover from a lost delta by snapshot; the text itself is kept here.
             log.warning("publishing delta %s failed", self.seq, exc_info=True)

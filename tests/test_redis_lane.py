@@ -45,6 +45,29 @@ async def test_an_error_reply_is_raised_and_the_replies_after_it_stay_matched(la
     ) == [2]  # not the GET's b"1"
 
 
+async def test_send_now_writes_before_anything_is_awaited_and_confirm_reads_the_replies(
+    lane_key, monkeypatch
+):
+    from chat import redis_lane
+
+    lane = Lane(services.REDIS_BASE_URL)
+    assert lane.send_now(("SET", lane_key, "1")) is None  # no connection yet: round_trip
+    await lane.round_trip(("SET", lane_key, "1"))
+    sent = lane.send_now(("INCR", lane_key), ("GET", lane_key))
+    assert sent is not None and sent[0] is lane._link.connection
+    assert len(sent[0].calls) == 1  # written, its replies awaited by nobody yet
+    assert await lane.confirm(sent) == [2, b"2"]
+
+    with pytest.raises(redis.exceptions.ResponseError):
+        await lane.confirm(lane.send_now(("XADD", lane_key + ":s", "*", "s")))
+    monkeypatch.setattr(redis_lane, "TIMEOUT_S", 0.2)
+    first = lane._link.connection
+    with pytest.raises(TimeoutError):
+        await lane.confirm(lane.send_now(("BLPOP", lane_key + ":empty", "1")))
+    assert not first.is_open  # as after a round trip that timed out
+    assert lane.send_now(("GET", lane_key)) is None
+
+
 async def test_a_round_trip_that_times_out_closes_the_connection(lane_key, monkeypatch):
     from chat import redis_lane
 

@@ -114,6 +114,25 @@ async def test_complete_stream_is_relayed_whole_in_coalesced_numbered_deltas(mak
     assert outcome.ttft_ms is not None
 
 
+async def test_a_held_delta_starts_out_as_its_window_ends_not_a_loop_turn_later(make_client):
+    # The runner calls `publish` from the window's timer callback (no task runs there),
+    # not from the flusher task it would wake: under load a loop turn is milliseconds.
+    # The first delta is not held, so the flusher publishes it as the reader wakes it.
+    started_in_task: list[bool] = []
+
+    class Timed(Recorder):
+        def publish(self, seq: int, text: str):
+            started_in_task.append(asyncio.current_task() is not None)
+            return super().publish(seq, text)
+
+    recorder = Timed()
+    outcome = await runner_for(make_client, "Count to 60 [[sim chunk_ms=10]]", recorder).run()
+    assert outcome.content == count_to(60) == recorder.text
+    assert started_in_task[0] is True
+    # (A quiet spell of the upstream on a busy machine may put one in the flusher.)
+    assert len(started_in_task) > 3 and started_in_task.count(False) >= len(started_in_task) // 2
+
+
 async def test_without_a_flush_window_every_chunk_is_its_own_delta(make_client):
     recorder = Recorder()
     outcome = await runner_for(
