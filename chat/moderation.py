@@ -348,14 +348,8 @@ def _refresh_visibility(*, message_id: uuid.UUID | str) -> VisibilityChange | No
     if settings.MODERATION_HOLD_FLAGGED:
         # Held: flagged by the model and no human decision yet. A report alone never
         # hides a message, or any member could hide any answer.
-        hide, params = (
-            "(c.state = %s OR (c.state = %s AND c.flagged = %s))",
-            [
-                State.REJECTED,
-                State.FLAGGED,
-                True,
-            ],
-        )
+        hide = "(c.state = %s OR (c.state = %s AND c.flagged = %s))"
+        params = [State.REJECTED, State.FLAGGED, True]
     message_param = sql.uuid_param(message_id)
     (hidden,) = sql.fetch_one(
         f"SELECT EXISTS (SELECT 1 FROM chat_moderationcase c WHERE c.message_id = %s AND {hide})",
