@@ -28,7 +28,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, Group, Permission
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.utils import timezone
 
 from chat import fanout, protocol, selectors, sql
@@ -152,23 +152,26 @@ class RetryReport:
 
 def case_open(*, message_id: uuid.UUID | str) -> ModerationCase | None:
     """The `auto` case of a final assistant message with text, created if missing."""
-    message = _final_answer(message_id, "pk")
-    if message is None:
+    found = _final_answer_and_case(message_id)
+    if found is None:
         return None
-    # get_or_create inserts in its own savepoint and, when another worker's insert won
-    # the race (the unique constraint), returns that one.
-    case, _ = ModerationCase.objects.get_or_create(message=message, source=Source.AUTO)
-    return case
+    case_id = found[1]
+    if case_id is None:
+        case_id = _create_auto_case(message_id=message_id)
+    return ModerationCase.objects.get(pk=case_id)
 
 
-def _final_answer(message_id: uuid.UUID | str, *fields: str) -> Message | None:
-    return _final_answers(message_id).only(*fields).first()
-
-
-def _final_answers(message_id: uuid.UUID | str) -> QuerySet[Message]:
-    return Message.objects.filter(
-        pk=message_id, role=Message.Sender.ASSISTANT, status__in=FINAL_STATUSES
-    ).exclude(content="")
+def _final_answer_and_case(message_id: uuid.UUID | str) -> tuple[str, int | None] | None:
+    """The text of a final assistant message with text, and its `auto` case's id (None
+    without one); None for any other message. Written out (chat/sql.py), as every
+    finished answer reads it."""
+    return sql.fetch_one(
+        "SELECT m.content, (SELECT c.id FROM chat_moderationcase c"
+        " WHERE c.message_id = m.id AND c.source = %s LIMIT 1)"
+        " FROM chat_message m WHERE m.id = %s AND m.role = %s"
+        f" AND m.status IN ({', '.join(['%s'] * len(FINAL_STATUSES))}) AND m.content <> ''",
+        [Source.AUTO, sql.uuid_param(message_id), Message.Sender.ASSISTANT, *FINAL_STATUSES],
+    )
 
 
 def _open_and_claim(*, message_id: uuid.UUID | str) -> tuple[int, str] | None:
@@ -176,16 +179,10 @@ def _open_and_claim(*, message_id: uuid.UUID | str) -> tuple[int, str] | None:
     answer costs. The text and the existing case's id are read with the message, and a
     new case is one INSERT: 3 statements (2 when the case exists), 9 as two trips. The
     read and the lease are SQL written out (chat/sql.py), as the prompt's statements."""
-    row = sql.fetch_one(
-        "SELECT m.content, (SELECT c.id FROM chat_moderationcase c"
-        " WHERE c.message_id = m.id AND c.source = %s LIMIT 1)"
-        " FROM chat_message m WHERE m.id = %s AND m.role = %s"
-        f" AND m.status IN ({', '.join(['%s'] * len(FINAL_STATUSES))}) AND m.content <> ''",
-        [Source.AUTO, sql.uuid_param(message_id), Message.Sender.ASSISTANT, *FINAL_STATUSES],
-    )
-    if row is None:
+    found = _final_answer_and_case(message_id)
+    if found is None:
         return None
-    content, case_id = row
+    content, case_id = found
     if case_id is None:
         case_id = _create_auto_case(message_id=message_id)
     return (case_id, content) if _lease(case_id=case_id) else None

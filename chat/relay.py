@@ -45,8 +45,7 @@ class Relay:
         before the first delta out): the runner calls this as its flush window ends,
         so the delta does not wait another turn of the event loop to leave."""
         if self._after is None and self._log_intact and self._channel is not None:
-            event = fanout.delta_event(self._message_id, seq, text)
-            publication = (self._channel, fanout.serialize(event))
+            event, publication = self._event(seq, text)
             commands = replay.append_commands(self._message_id, seq, text, publication)
             sent = get_lane().send_now(*commands)
             if sent is not None:
@@ -68,10 +67,7 @@ class Relay:
             after, self._after = self._after, None
             await after
         self._texts.append(text)
-        event = fanout.delta_event(self._message_id, seq, text)
-        publication = None
-        if self._channel is not None:
-            publication = (self._channel, fanout.serialize(event))
+        event, publication = self._event(seq, text)
         published = False
         try:
             if self._log_intact:
@@ -84,6 +80,13 @@ class Relay:
         except Exception as exc:
             self._append_failed(seq, exc)
         await self._fall_back_unless(published, event)
+
+    def _event(self, seq: int, text: str) -> tuple[dict[str, Any], replay.Publication | None]:
+        """The delta's group event, and its PUBLISH where the pub/sub layer reads it."""
+        event = fanout.delta_event(self._message_id, seq, text)
+        if self._channel is None:
+            return event, None
+        return event, (self._channel, fanout.serialize(event))
 
     def _append_failed(self, seq: int, exc: Exception) -> None:
         # The PUBLISH may have gone out before the failure: consumers drop a delta whose
