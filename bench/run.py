@@ -80,6 +80,8 @@ SERVER_ENV = {
     "OPENAI_MAX_TOKENS": "50000",
     "DAILY_TOKEN_QUOTA": "0",
     "MAX_GENERATIONS_PER_USER": "100000",
+    # As docker-compose runs it: moderation calls in a worker process of their own.
+    "MODERATION_WORKER": "1",
     "WS_MAX_CONNECTIONS_PER_USER": "100000",
     "WS_FRAMES_PER_SECOND": "1000",
     "WS_FRAME_BURST": "1000",
@@ -388,6 +390,20 @@ def pg_counts(db_url: str) -> dict[str, int]:
     return out
 
 
+def wait_for_moderation(db_url: str, timeout: float = 15.0) -> None:
+    """Until the worker has judged every answer (its writes belong to the step's)."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            query = "SELECT count(*) FROM chat_moderationcase WHERE state = 'pending'"
+            if conn.execute(query).fetchone()[0] == 0:
+                return
+            time.sleep(0.1)
+    log(f"moderation still had pending cases after {timeout:.0f} s")
+
+
 def pg_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     keys = set(before) | set(after)
     return {
@@ -412,6 +428,7 @@ class Bench:
     redis_url: str = ""
     prefix: str = ""
     sim: Process | None = None
+    moderation_worker: Process | None = None
     sim_url: str = ""
     deployment: Deployment | None = None
     cookies: dict[str, str] = field(default_factory=dict)
@@ -451,6 +468,11 @@ class Bench:
         log("migrating", self.db_name)
         self.deployment.manage("migrate", "--noinput")
         self.deployment.seed_users()
+        self.moderation_worker = spawn(
+            [sys.executable, "manage.py", "moderate_pending", "--watch"],
+            self.deployment.env,
+            self.tmp / "moderation-worker.log",
+        )
         self.loadgen = await LoadGenProc.start(self.tmp / "loadgen.log")
 
     def _start_simulator(self) -> tuple[Process, str]:
@@ -483,6 +505,8 @@ class Bench:
         if self.loadgen:
             await self.loadgen.stop()
         self.stop_servers()
+        if self.moderation_worker:
+            self.moderation_worker.stop()
         if self.sim:
             self.sim.stop()
         if self.db_name:
@@ -711,6 +735,8 @@ class Bench:
         log(f"  connected {connected['connected']} in {connected['seconds']} s")
         procs = {f"server{i}": psutil.Process(s.process.proc.pid) for i, s in enumerate(servers)}
         procs["simulator"] = psutil.Process(self.sim.proc.pid)
+        worker = psutil.Process(self.moderation_worker.proc.pid)
+        worker_cpu_s = sum(worker.cpu_times()[:2])
         procs["loadgen"] = self.loadgen.ps
         procs["orchestrator"] = psutil.Process()
         redis_pid = _redis_pid(self.redis_url)
@@ -765,6 +791,8 @@ class Bench:
             round_results.append(collected)
         pause = 1.0 if self.mode.name == "full" else 0.5
         await asyncio.sleep(pause)  # the final writes and publishes of the last answers
+        await asyncio.to_thread(wait_for_moderation, self.db_url)
+        worker_cpu_s = sum(worker.cpu_times()[:2]) - worker_cpu_s
         commands = mon.stop() if mon else None
         profile = self.stop_profiler(profiler) if profiler else None
         await sampler.stop()
@@ -793,6 +821,10 @@ class Bench:
                 "quiet_wait": quiet,
                 "presence_frames_while_joining": stats["presence_frames"],
                 "profile": profile,
+                # Its work follows each answer's end, mostly after the round's window.
+                "moderation_worker_cpu_ms_per_answer": round(
+                    worker_cpu_s * 1000 / (streams * len(round_results)), 2
+                ),
             },
         )
 

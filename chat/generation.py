@@ -17,6 +17,7 @@ from django.conf import settings
 
 from chat import fanout, logs, metrics, moderation, protocol, replay, services
 from chat.db import db
+from chat.models import Message
 from chat.redis_subscriber import get_subscriber
 from chat.relay import Relay
 from chat.streaming import INTERRUPTED, StreamOutcome, StreamRequest, StreamRunner
@@ -184,7 +185,7 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
     message, stored = None, False
     for attempt in range(5):
         try:
-            message = await db(services.message_finish)(**kwargs)
+            message = await db(_finish)(kwargs)
             stored = True
             break
         except Exception:
@@ -207,9 +208,10 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
         outcome.ttft_ms,
         outcome.duration_ms,
     )
-    # Its own task, which starts once `done` is on its way: moderation never delays or
-    # fails the answer, and whoever sees `done` can already wait for it.
-    moderation.schedule(job.message_id)
+    if not settings.MODERATION_WORKER:
+        # Its own task, which starts once `done` is on its way: moderation never delays
+        # or fails the answer, and whoever sees `done` can already wait for it.
+        moderation.schedule(job.message_id)
     if job.announced is not None:
         await job.announced
     await fanout.publish_frame(
@@ -219,6 +221,15 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
         await replay.finish(str(job.message_id))
     except Exception:
         log.warning("replay log expiry failed for %s", job.message_id, exc_info=True)
+
+
+def _finish(kwargs: dict) -> Message | None:
+    """The answer's final write; with a moderation worker, its case is opened in the
+    same trip to the database thread."""
+    message = services.message_finish(**kwargs)
+    if message is not None:
+        moderation.open_for_worker(message_id=message.pk)
+    return message
 
 
 def _count(outcome: StreamOutcome) -> None:

@@ -32,7 +32,12 @@ def ensure_started() -> None:
         task = loop.create_task(_sweep_forever(), name="stream-sweeper")
         _background.add(task)
         task.add_done_callback(_background.discard)
-    if settings.MODERATION_ENABLED and settings.MODERATION_RETRY_INTERVAL_S > 0:
+    # With a moderation worker, retries are its work too.
+    if (
+        settings.MODERATION_ENABLED
+        and not settings.MODERATION_WORKER
+        and settings.MODERATION_RETRY_INTERVAL_S > 0
+    ):
         from chat import moderation
 
         retrier = loop.create_task(moderation.run_forever(), name="moderation-retry")

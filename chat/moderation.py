@@ -188,6 +188,21 @@ def _open_and_claim(*, message_id: uuid.UUID | str) -> tuple[int, str] | None:
     return (case_id, content) if _lease(case_id=case_id) else None
 
 
+def open_for_worker(*, message_id: uuid.UUID | str) -> None:
+    """With MODERATION_WORKER on, open a just-stored answer's `auto` case for the worker
+    to call moderation on, in the same trip to the database thread as the answer's own
+    write (2 statements). Never raises: the answer is stored, and the worker's backfill
+    opens a case this missed."""
+    if not (settings.MODERATION_ENABLED and settings.MODERATION_WORKER):
+        return
+    try:
+        found = _final_answer_and_case(message_id)
+        if found is not None and found[1] is None:
+            _create_auto_case(message_id=message_id)
+    except Exception:
+        log.warning("could not open the moderation case of %s", message_id, exc_info=True)
+
+
 def _create_auto_case(*, message_id: uuid.UUID | str) -> int:
     """Insert the message's `auto` case; when another worker's insert won the race (the
     unique constraint), its case. What `get_or_create` does after its look-up, without
@@ -617,29 +632,36 @@ async def drain() -> None:
         await asyncio.gather(*mine, return_exceptions=True)
 
 
-async def retry_pending(*, force: bool = False, limit: int = BATCH) -> RetryReport:
-    """One pass: open cases for recent answers that lack one, then call moderation for
-    due pending cases, oldest first. `force` ignores the backoff."""
+async def retry_pending(
+    *, force: bool = False, limit: int = BATCH, backfill: bool = True, concurrency: int = 1
+) -> RetryReport:
+    """One pass: open cases for recent answers that lack one (unless not `backfill`),
+    then call moderation for due pending cases, oldest first, `concurrency` calls at a
+    time. `force` ignores the backoff."""
     report = RetryReport()
     if not settings.MODERATION_ENABLED:
         return report
-    report.backfilled = await db(_backfill)(since=timezone.now() - BACKFILL_WINDOW)
+    if backfill:
+        report.backfilled = await db(_backfill)(since=timezone.now() - BACKFILL_WINDOW)
+    case_ids = await db(_due_case_ids)(force=force, limit=limit)
+    step = max(1, concurrency)
     failures_in_a_row = 0
-    for case_id in await db(_due_case_ids)(force=force, limit=limit):
-        outcome = await _guarded(run_case(case_id, force=force))
-        if outcome == SKIPPED:
-            continue
-        report.states[outcome] = report.states.get(outcome, 0) + 1
-        if outcome == FAILED:
-            report.failed += 1
-            failures_in_a_row += 1
-            if failures_in_a_row >= FAILURES_BEFORE_PAUSE:
-                report.paused = True
-                break
-            continue
-        failures_in_a_row = 0
-        report.moderated += 1
-        report.flagged += outcome == State.FLAGGED
+    for start in range(0, len(case_ids), step):
+        batch = case_ids[start : start + step]
+        for outcome in await asyncio.gather(*(_guarded(run_case(c, force=force)) for c in batch)):
+            if outcome == SKIPPED:
+                continue
+            report.states[outcome] = report.states.get(outcome, 0) + 1
+            if outcome == FAILED:
+                report.failed += 1
+                failures_in_a_row += 1
+                continue
+            failures_in_a_row = 0
+            report.moderated += 1
+            report.flagged += outcome == State.FLAGGED
+        if failures_in_a_row >= FAILURES_BEFORE_PAUSE:
+            report.paused = True  # no new calls: the endpoint looks down
+            break
     report.still_pending = await db(_pending_count)()
     return report
 
@@ -656,18 +678,41 @@ async def run_forever(first_delay_s: float = 1.0) -> None:
     event = _wakers[asyncio.get_running_loop()] = asyncio.Event()
     await asyncio.sleep(first_delay_s)
     while True:
-        try:
-            report = await retry_pending()
-            if report.moderated or report.failed:
-                log.info(
-                    "moderation retry: %d moderated (%d flagged), %d failed, %d pending",
-                    report.moderated,
-                    report.flagged,
-                    report.failed,
-                    report.still_pending,
-                )
-        except Exception as exc:
-            log.warning("moderation retry pass failed: %r", exc)
+        await _logged_pass()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), settings.MODERATION_RETRY_INTERVAL_S)
         event.clear()
+
+
+async def watch(*, interval_s: float = 1.0, concurrency: int = 8) -> None:
+    """The moderation worker (`moderate_pending --watch`, with MODERATION_WORKER on):
+    every `interval_s`, call moderation for the due cases the servers opened, up to
+    `concurrency` calls at a time; every MODERATION_RETRY_INTERVAL_S (30 s if 0), open
+    the cases a server missed. After too many failures in a row it waits that long too:
+    the endpoint looks down."""
+    backfill_every_s = settings.MODERATION_RETRY_INTERVAL_S or 30.0
+    loop = asyncio.get_running_loop()
+    next_backfill = loop.time()
+    while True:
+        backfill = loop.time() >= next_backfill
+        if backfill:
+            next_backfill = loop.time() + backfill_every_s
+        report = await _logged_pass(backfill=backfill, concurrency=concurrency)
+        await asyncio.sleep(backfill_every_s if report.paused else interval_s)
+
+
+async def _logged_pass(**options: Any) -> RetryReport:
+    try:
+        report = await retry_pending(**options)
+    except Exception as exc:
+        log.warning("moderation pass failed: %r", exc)
+        return RetryReport()
+    if report.moderated or report.failed:
+        log.info(
+            "moderation pass: %d moderated (%d flagged), %d failed, %d pending",
+            report.moderated,
+            report.flagged,
+            report.failed,
+            report.still_pending,
+        )
+    return report

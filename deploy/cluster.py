@@ -1,5 +1,5 @@
 """Run the production topology on this machine: nginx on loopback in front of N daphne
-processes sharing the local PostgreSQL and Redis.
+processes sharing the local PostgreSQL and Redis, and the moderation worker.
 
     python deploy/cluster.py [--processes 2] [--port 8080]   (or: make serve-cluster)
 
@@ -75,6 +75,7 @@ class Cluster:
         self.listen_port = listen_port
         self.apps: dict[int, subprocess.Popen] = {}
         self.nginx: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
         (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
 
     @property
@@ -114,6 +115,18 @@ class Cluster:
             proc.kill()
             return proc.wait(5)
 
+    def start_worker(self) -> None:
+        """`moderate_pending --watch`: the moderation calls MODERATION_WORKER leaves to it."""
+        log = (self.run_dir / "moderation-worker.log").open("a")
+        self.worker = subprocess.Popen(
+            [sys.executable, "manage.py", "moderate_pending", "--watch"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
     def start_nginx(self) -> None:
         conf = self.run_dir / "nginx.conf"
         conf.write_text(
@@ -136,6 +149,8 @@ class Cluster:
     def start(self) -> None:
         for port in self.ports:
             self.start_app(port)
+        if self.env.get("MODERATION_WORKER") == "1":
+            self.start_worker()
         self.start_nginx()
 
     def stop(self) -> None:
@@ -147,6 +162,12 @@ class Cluster:
                 self.nginx.kill()
         for port in list(self.apps):
             self.stop_app(port)
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(10)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
 
 
 def _manage(env: dict[str, str], *args: str) -> None:
@@ -182,6 +203,7 @@ def main() -> None:
         "DJANGO_ALLOWED_HOSTS": os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost"),
         "DATABASE_URL": os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
         "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        "MODERATION_WORKER": os.environ.get("MODERATION_WORKER", "1"),
     }
     env.setdefault("DJANGO_SECRET_KEY", key_file.read_text().strip())
     if env["DATABASE_URL"].startswith("postgres"):

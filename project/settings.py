@@ -310,6 +310,10 @@ AUTH_PASSWORD_VALIDATORS = [
 # --- Moderation --- (docs/moderation.md; MODERATION_MODEL is set above)
 # Moderate every finished answer (off: no calls; member reports still reach the queue).
 MODERATION_ENABLED = env_bool("MODERATION_ENABLED", True)
+# 1: server processes only open each finished answer's case, and a process of its own,
+# `manage.py moderate_pending --watch`, calls moderation (docker-compose runs one). 0:
+# each server process calls moderation for the answers it stored.
+MODERATION_WORKER = env_bool("MODERATION_WORKER", False)
 # Hide answers the model flagged from viewers until staff decide.
 MODERATION_HOLD_FLAGGED = env_bool("MODERATION_HOLD_FLAGGED", False)
 # Timeout of one moderation call, s (no SDK retries: failed calls are retried below).

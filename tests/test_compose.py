@@ -166,3 +166,19 @@ def test_apps_get_longer_to_stop_than_their_drain(services: dict[str, dict[str, 
     for app in APPS:
         grace = services[app]["stop_grace_period"]
         assert grace.endswith("s") and float(grace[:-1]) > drain_s
+
+
+def test_the_moderation_worker_calls_moderation_for_the_apps(
+    services: dict[str, dict[str, Any]], settings_names: set[str]
+) -> None:
+    worker = services["moderation"]
+    assert worker.get("image") == services["app1"].get("image")
+    assert worker["command"] == ["python", "manage.py", "moderate_pending", "--watch"]
+    # The apps leave the calls to it, and it works on the same database.
+    for name in (*APPS, "moderation"):
+        assert _environment(services[name])["MODERATION_WORKER"] == "1"
+    assert _environment(worker)["DATABASE_URL"] == _environment(services["app1"])["DATABASE_URL"]
+    assert "MODERATION_WORKER" in settings_names
+    assert _depends_on(worker).get("migrate") == "service_completed_successfully"
+    # No HTTP server in it: the image's /healthz check would mark it unhealthy.
+    assert worker["healthcheck"] == {"disable": True}

@@ -41,7 +41,8 @@ def cluster(redis_postgres: Deployment, tmp_path: Path) -> Iterator[Cluster]:
         check=True,
         timeout=120,
     )
-    env = {**redis_postgres.env, "DRAIN_S": "20"}
+    # As docker-compose runs it: the apps leave moderation calls to the worker.
+    env = {**redis_postgres.env, "DRAIN_S": "20", "MODERATION_WORKER": "1"}
     cluster = Cluster(
         env=env, run_dir=tmp_path, ports=[free_port(), free_port()], listen_port=free_port()
     )
@@ -131,3 +132,34 @@ async def test_a_rolling_restart_under_load_loses_nothing(cluster):
                 assert text == stored["content"]
     await alice.close()
     await bob.close()
+
+
+async def test_the_moderation_worker_judges_what_the_app_processes_stored(cluster):
+    import psycopg
+
+    proxy = Server(cluster.url, process=None)
+    alice = await Session(proxy, "alice").login()
+    conv = await alice.create_conversation()
+    viewer = await alice.viewer(conv)
+    _, placeholder = await viewer.prompt("[[sim reply=I+will+flagme+now]]")
+    assert (await viewer.done(placeholder["id"]))["content"] == "I will flagme now"
+    await viewer.close()
+    await alice.close()
+
+    # The app process opened the case as it stored the answer; the worker (a pass a
+    # second) called moderation and stored the verdict.
+    with psycopg.connect(cluster.env["DATABASE_URL"], autocommit=True) as db:
+        for _ in range(150):
+            row = db.execute(
+                "SELECT state, attempts, categories FROM chat_moderationcase"
+                " WHERE message_id = %s AND source = 'auto'",
+                [placeholder["id"]],
+            ).fetchone()
+            if row and row[0] != "pending":
+                break
+            await asyncio.sleep(0.1)
+    assert row == ("flagged", 1, ["violence"])
+    worker_log = (cluster.run_dir / "moderation-worker.log").read_text()
+    assert "1 moderated (1 flagged)" in worker_log
+    app_logs = " ".join(p.read_text() for p in cluster.run_dir.glob("daphne-*.log"))
+    assert "moderation pass" not in app_logs and "flagged:" not in app_logs

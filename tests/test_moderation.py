@@ -426,6 +426,64 @@ async def test_the_periodic_task_retries_pending_cases_and_wakes_for_reports(
         worker.cancel()
 
 
+async def test_with_a_worker_the_server_opens_the_case_and_the_worker_calls_moderation(
+    users, conversation, settings
+):
+    from chat import lifecycle
+
+    settings.MODERATION_WORKER = True
+    settings.MODERATION_RETRY_INTERVAL_S = 3600  # would start a server's retry loop
+    alice = await connect(users["alice"], conversation.id)
+    done = await ask(alice, sim_reply("I will flagme now"))
+    await alice.disconnect()
+    loop = asyncio.get_running_loop()
+    assert not [t for t in moderation._tasks if t.get_loop() is loop]  # no call in the server
+    background = {t.get_name() for t in lifecycle._background if t.get_loop() is loop}
+    assert "moderation-retry" not in background
+    case = await ModerationCase.objects.aget(message_id=done["id"])
+    assert (case.state, case.attempts, case.source) == (State.PENDING, 0, "auto")
+
+    worker = asyncio.create_task(moderation.watch(interval_s=0.05, concurrency=2))
+    try:
+        while case.state == State.PENDING:
+            await asyncio.sleep(0.02)
+            await case.arefresh_from_db()
+    finally:
+        worker.cancel()
+    assert (case.state, case.attempts, case.categories) == (State.FLAGGED, 1, ["violence"])
+
+
+async def test_a_pass_calls_up_to_its_concurrency_and_stops_when_the_endpoint_looks_down(
+    conversation, monkeypatch
+):
+    messages = [await sync_to_async(answer)(conversation, f"answer {i}") for i in range(10)]
+    running, most = 0, 0
+    outage = False
+
+    async def moderate_text(text):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        if outage:
+            raise RuntimeError("endpoint down")
+        return CLEAN
+
+    monkeypatch.setattr(moderation, "moderate_text", moderate_text)
+    report = await moderation.retry_pending(concurrency=4)
+    assert (report.backfilled, report.moderated, report.failed, most) == (10, 10, 0, 4)
+
+    for message in messages:
+        await ModerationCase.objects.acreate(message=message, source="report", reason="x")
+    outage = True
+    report = await moderation.retry_pending(concurrency=4)
+    # The first four calls fail together: no more start, the other six wait untried.
+    assert (report.failed, report.paused, report.still_pending) == (4, True, 10)
+    untried = ModerationCase.objects.filter(source="report", state=State.PENDING, attempts=0)
+    assert await untried.acount() == 6
+
+
 async def test_reports_are_member_only_idempotent_and_need_a_reason(users, conversation):
     message = await sync_to_async(answer)(conversation, "hello")
     url = f"/api/conversations/{conversation.id}/messages/{message.pk}/report/"

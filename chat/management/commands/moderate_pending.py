@@ -1,6 +1,9 @@
-"""Retry moderation calls that failed or never ran (cases left `pending`)."""
+"""Retry moderation calls that failed or never ran (cases left `pending`), once, or as
+the moderation worker (`--watch`) that MODERATION_WORKER leaves the calls to."""
 
 import asyncio
+import contextlib
+import signal
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -11,7 +14,8 @@ from chat import moderation
 class Command(BaseCommand):
     help = (
         "Call moderation for pending cases that are due (failed calls back off, doubling), "
-        "and open cases for recent answers that have none."
+        "and open cases for recent answers that have none. With --watch, keep doing it: "
+        "the moderation worker of MODERATION_WORKER."
     )
 
     def add_arguments(self, parser) -> None:
@@ -21,10 +25,31 @@ class Command(BaseCommand):
         parser.add_argument(
             "--limit", type=int, default=moderation.BATCH, help="most cases to try (default 100)"
         )
+        parser.add_argument(
+            "--watch",
+            action="store_true",
+            help="run until stopped: a pass every --interval seconds (the moderation worker)",
+        )
+        parser.add_argument(
+            "--interval", type=float, default=1.0, help="seconds between passes (default 1)"
+        )
+        parser.add_argument(
+            "--concurrency", type=int, default=8, help="calls at a time with --watch (default 8)"
+        )
 
     def handle(self, *args, **options) -> None:
         if not settings.MODERATION_ENABLED:
             raise CommandError("MODERATION_ENABLED is off: nothing to do.")
+        if options["watch"]:
+            if options["interval"] <= 0 or options["concurrency"] < 1:
+                raise CommandError("--interval must be positive and --concurrency at least 1.")
+            self.stdout.write(
+                f"moderation worker: a pass every {options['interval']:g} s, "
+                f"{options['concurrency']} call(s) at a time; Ctrl-C stops"
+            )
+            asyncio.run(_work_until_stopped(options["interval"], options["concurrency"]))
+            self.stdout.write("moderation worker stopped")
+            return
         report = asyncio.run(moderation.retry_pending(force=options["now"], limit=options["limit"]))
         self.stdout.write(
             f"opened {report.backfilled} case(s) for answers without one; "
@@ -36,3 +61,14 @@ class Command(BaseCommand):
                 f"stopped after {moderation.FAILURES_BEFORE_PAUSE} failures in a row: "
                 "the moderation endpoint looks down; run again later"
             )
+
+
+async def _work_until_stopped(interval_s: float, concurrency: int) -> None:
+    # SIGTERM (docker stop) as Ctrl-C: a call in flight is abandoned, its case stays
+    # leased until the lease runs out and is called again then.
+    work = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, work.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await moderation.watch(interval_s=interval_s, concurrency=concurrency)
