@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import openai
 
 from chat.exceptions import StreamError
@@ -64,6 +65,15 @@ class StreamRequest:
 def estimate_prompt_tokens(messages: Sequence[dict[str, str]]) -> int:
     """About four characters per token plus a few per message, as OpenAI's guide says."""
     return sum(len(m.get("content") or "") // 4 + 4 for m in messages) + 3
+
+
+def without_read_timeout(timeout: float | httpx2.Timeout | None) -> httpx2.Timeout:
+    """The client's timeouts but the one per read: a stalled stream is the runner's own
+    idle limit's to end (`_until_stopped_or_idle`, which also sees keep-alive comments
+    that a read timeout counts as progress), and aiohttp re-arms a read timeout on every
+    read, a timer created and cancelled per chunk, 6,000 a second at 100 answers."""
+    base = timeout if isinstance(timeout, httpx2.Timeout) else httpx2.Timeout(timeout)
+    return httpx2.Timeout(connect=base.connect, read=None, write=base.write, pool=base.pool)
 
 
 class StreamRunner:
@@ -218,6 +228,7 @@ class StreamRunner:
             cast_to=object,
             stream=True,
             stream_cls=ChunkStream,
+            options={"timeout": without_read_timeout(self._client.timeout)},
         )
         try:
             stream = await post(body=body)

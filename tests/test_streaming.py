@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import httpx2
 import openai
 import pytest
 
@@ -268,3 +269,23 @@ async def test_a_failing_publisher_does_not_lose_the_text(make_client):
     outcome = await StreamRunner(client, request, publish=broken).run()
     assert outcome.status == "complete"
     assert outcome.content == count_to(50)
+
+
+async def test_the_stream_is_read_without_a_timeout_per_read(make_client):
+    # aiohttp re-arms a read timeout on every read; a stall is the idle limit's to end
+    # (test_a_stalled_upstream_times_out_with_the_text_so_far).
+    client = make_client()
+    transport = client._client._transport
+    sent = []
+    handle = transport.handle_async_request
+
+    async def recording(request):
+        sent.append(request.extensions["timeout"])
+        return await handle(request)
+
+    transport.handle_async_request = recording
+    request = StreamRequest(model="m", messages=[{"role": "user", "content": "Count to 5"}])
+    outcome = await StreamRunner(client, request, publish=Recorder().publish).run()
+    assert outcome.content == count_to(5)
+    limits = httpx2.Timeout(client.timeout).as_dict()  # the client's own, every other one
+    assert sent == [{**limits, "read": None}] and limits["read"] is not None
