@@ -17,6 +17,7 @@ backoff, and `retry_pending()` (periodic task, `manage.py moderate_pending`) tri
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
 import weakref
@@ -491,8 +492,8 @@ def message_moderation_state(states: list[str]) -> str:
 # ---- the moderation call -----------------------------------------------------------
 
 
-def _verdict(response: dict[str, Any]) -> Verdict:
-    raw = response["results"][0]
+def _verdict(response: dict[str, Any], index: int = 0) -> Verdict:
+    raw = response["results"][index]
     flags = raw.get("categories") or {}
     scores = {
         name: float(score)
@@ -513,6 +514,19 @@ async def moderate_text(text: str) -> Verdict:
 
     No SDK retries: a failure leaves the case pending and our own backoff retries it.
     """
+    return _verdict(await _moderations(text))
+
+
+async def moderate_texts(texts: list[str]) -> list[Verdict]:
+    """One moderation call for several texts (the API takes a list of inputs and answers
+    a result per input, in order); raises on failure or timeout, for all of them."""
+    response = await _moderations(texts)
+    if len(response["results"]) != len(texts):
+        raise ValueError("moderation response without a result per input")
+    return [_verdict(response, index) for index in range(len(texts))]
+
+
+async def _moderations(texts: str | list[str]) -> dict[str, Any]:
     from chat.upstream import get_client
 
     timeout = settings.MODERATION_TIMEOUT_S
@@ -522,7 +536,7 @@ async def moderate_text(text: str) -> Verdict:
     # for every answer as a burst of them finishes (bench/REPORT.md).
     request = get_client().post(
         "/moderations",
-        body={"model": settings.MODERATION_MODEL, "input": text},
+        body={"model": settings.MODERATION_MODEL, "input": texts},
         cast_to=object,
         options={"max_retries": 0, "timeout": timeout},
     )
@@ -530,7 +544,7 @@ async def moderate_text(text: str) -> Verdict:
     response = await asyncio.wait_for(request, timeout)
     if not isinstance(response, dict) or not response.get("results"):
         raise ValueError("moderation response without results")
-    return _verdict(response)
+    return response
 
 
 def _describe(exc: BaseException) -> str:
@@ -549,6 +563,50 @@ async def run_case(case_id: int, *, force: bool = False) -> str:
     if text is None:
         return SKIPPED
     return await _moderate_claimed(case_id, text)
+
+
+async def run_cases(case_ids: list[int], *, force: bool = False) -> list[str]:
+    """`run_case` for several cases with one moderation call (the worker's batches): the
+    outcome of each, in order. The call succeeds or fails for all the claimed ones."""
+    if len(case_ids) == 1:
+        return [await run_case(case_ids[0], force=force)]
+    texts = await db(_claim_each)(case_ids=case_ids, force=force)
+    claimed = [case_id for case_id in case_ids if case_id in texts]
+    outcomes = dict.fromkeys(case_ids, SKIPPED)
+    if not claimed:
+        return list(outcomes.values())
+    try:
+        verdicts = await moderate_texts([texts[case_id] for case_id in claimed])
+    except Exception as exc:
+        error = _describe(exc)
+        await db(_record_failures)(case_ids=claimed, error=error)
+        log.warning("moderation of cases %s failed: %s", claimed, error)
+        outcomes.update(dict.fromkeys(claimed, FAILED))
+        return list(outcomes.values())
+    results = await db(_record_results)(verdicts=dict(zip(claimed, verdicts, strict=True)))
+    for case_id, verdict, (state, change) in zip(claimed, verdicts, results, strict=True):
+        if state == State.FLAGGED:
+            log.info("moderation case %s flagged: %s", case_id, ", ".join(verdict.categories))
+        if change is not None:
+            await announce(change)
+        outcomes[case_id] = state
+    return list(outcomes.values())
+
+
+def _claim_each(*, case_ids: list[int], force: bool) -> dict[int, str]:
+    """`_claim` for each case in one trip to the database thread: the claimed ones' texts."""
+    texts = {case_id: _claim(case_id=case_id, force=force) for case_id in case_ids}
+    return {case_id: text for case_id, text in texts.items() if text is not None}
+
+
+def _record_failures(*, case_ids: list[int], error: str) -> None:
+    for case_id in case_ids:
+        _record_failure(case_id=case_id, error=error)
+
+
+def _record_results(*, verdicts: dict[int, Verdict]) -> list[tuple[str, VisibilityChange | None]]:
+    """`_record_result` for each case in one trip; each is its own transaction as before."""
+    return [_record_result(case_id=case_id, verdict=v) for case_id, v in verdicts.items()]
 
 
 async def _moderate_claimed(case_id: int, text: str) -> str:
@@ -614,6 +672,11 @@ def schedule(message_id: uuid.UUID | str) -> asyncio.Task[Any] | None:
     return task
 
 
+async def _guarded_cases(case_ids: list[int], force: bool) -> list[str]:
+    outcomes = await _guarded(run_cases(case_ids, force=force))
+    return outcomes if isinstance(outcomes, list) else [FAILED] * len(case_ids)
+
+
 async def _guarded(coro: Any) -> Any:
     # A failure here must never surface as "Task exception was never retrieved".
     try:
@@ -633,22 +696,29 @@ async def drain() -> None:
 
 
 async def retry_pending(
-    *, force: bool = False, limit: int = BATCH, backfill: bool = True, concurrency: int = 1
+    *,
+    force: bool = False,
+    limit: int = BATCH,
+    backfill: bool = True,
+    concurrency: int = 1,
+    batch: int = 1,
 ) -> RetryReport:
     """One pass: open cases for recent answers that lack one (unless not `backfill`),
-    then call moderation for due pending cases, oldest first, `concurrency` calls at a
-    time. `force` ignores the backoff."""
+    then call moderation for due pending cases, oldest first: `batch` cases per call,
+    `concurrency` calls at a time. `force` ignores the backoff."""
     report = RetryReport()
     if not settings.MODERATION_ENABLED:
         return report
     if backfill:
         report.backfilled = await db(_backfill)(since=timezone.now() - BACKFILL_WINDOW)
     case_ids = await db(_due_case_ids)(force=force, limit=limit)
-    step = max(1, concurrency)
+    batch, concurrency = max(1, batch), max(1, concurrency)
     failures_in_a_row = 0
-    for start in range(0, len(case_ids), step):
-        batch = case_ids[start : start + step]
-        for outcome in await asyncio.gather(*(_guarded(run_case(c, force=force)) for c in batch)):
+    for start in range(0, len(case_ids), batch * concurrency):
+        window = case_ids[start : start + batch * concurrency]
+        calls = [window[i : i + batch] for i in range(0, len(window), batch)]
+        outcomes = await asyncio.gather(*(_guarded_cases(c, force) for c in calls))
+        for outcome in itertools.chain.from_iterable(outcomes):
             if outcome == SKIPPED:
                 continue
             report.states[outcome] = report.states.get(outcome, 0) + 1
@@ -684,12 +754,12 @@ async def run_forever(first_delay_s: float = 1.0) -> None:
         event.clear()
 
 
-async def watch(*, interval_s: float = 1.0, concurrency: int = 8) -> None:
+async def watch(*, interval_s: float = 1.0, concurrency: int = 4, batch: int = 16) -> None:
     """The moderation worker (`moderate_pending --watch`, with MODERATION_WORKER on):
-    every `interval_s`, call moderation for the due cases the servers opened, up to
-    `concurrency` calls at a time; every MODERATION_RETRY_INTERVAL_S (30 s if 0), open
-    the cases a server missed. After too many failures in a row it waits that long too:
-    the endpoint looks down."""
+    every `interval_s`, call moderation for the due cases the servers opened, `batch`
+    texts per call and up to `concurrency` calls at a time; every
+    MODERATION_RETRY_INTERVAL_S (30 s if 0), open the cases a server missed. After too
+    many failures in a row it waits that long too: the endpoint looks down."""
     backfill_every_s = settings.MODERATION_RETRY_INTERVAL_S or 30.0
     loop = asyncio.get_running_loop()
     next_backfill = loop.time()
@@ -697,7 +767,7 @@ async def watch(*, interval_s: float = 1.0, concurrency: int = 8) -> None:
         backfill = loop.time() >= next_backfill
         if backfill:
             next_backfill = loop.time() + backfill_every_s
-        report = await _logged_pass(backfill=backfill, concurrency=concurrency)
+        report = await _logged_pass(backfill=backfill, concurrency=concurrency, batch=batch)
         await asyncio.sleep(backfill_every_s if report.paused else interval_s)
 
 

@@ -484,6 +484,46 @@ async def test_a_pass_calls_up_to_its_concurrency_and_stops_when_the_endpoint_lo
     assert await untried.acount() == 6
 
 
+async def test_a_worker_pass_judges_cases_in_batches_of_one_call(conversation, monkeypatch):
+    texts = [f"answer {i}" for i in range(9)] + ["[[flag:harassment]] words"]
+    for text in texts:
+        await sync_to_async(answer)(conversation, text)
+    calls = []
+    call = moderation.moderate_texts
+
+    async def recording(batch):
+        calls.append(list(batch))
+        return await call(batch)  # the simulator: a result per input, in order
+
+    monkeypatch.setattr(moderation, "moderate_texts", recording)
+    report = await moderation.retry_pending(batch=4, concurrency=2)
+    assert [len(batch) for batch in calls] == [4, 4, 2]
+    assert sorted(text for batch in calls for text in batch) == sorted(texts)
+    assert (report.moderated, report.flagged, report.failed) == (10, 1, 0)
+    flagged = await ModerationCase.objects.aget(message__content=texts[-1])
+    assert (flagged.state, flagged.categories, flagged.attempts) == (
+        State.FLAGGED,
+        ["harassment"],
+        1,
+    )
+    assert await ModerationCase.objects.filter(state=State.AUTO_APPROVED).acount() == 9
+
+
+async def test_a_failed_batch_call_leaves_all_its_cases_pending_with_backoff(conversation):
+    for i in range(3):
+        await sync_to_async(answer)(conversation, f"answer {i}")
+    # A fault in one input fails the one call, for every case in it.
+    await sync_to_async(answer)(conversation, "flagme [[sim fault=http_500 times=1]]")
+    report = await moderation.retry_pending(batch=4)
+    assert (report.moderated, report.failed, report.paused) == (0, 4, True)
+    cases = [case async for case in ModerationCase.objects.all()]
+    assert {(c.state, c.attempts, c.last_error[:14]) for c in cases} == {
+        (State.PENDING, 1, "upstream_error")
+    }
+    report = await moderation.retry_pending(batch=4)  # backoff 0 here; the fault is spent
+    assert (report.moderated, report.flagged, report.failed) == (4, 1, 0)
+
+
 async def test_reports_are_member_only_idempotent_and_need_a_reason(users, conversation):
     message = await sync_to_async(answer)(conversation, "hello")
     url = f"/api/conversations/{conversation.id}/messages/{message.pk}/report/"

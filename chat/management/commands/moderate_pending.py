@@ -34,20 +34,28 @@ class Command(BaseCommand):
             "--interval", type=float, default=1.0, help="seconds between passes (default 1)"
         )
         parser.add_argument(
-            "--concurrency", type=int, default=8, help="calls at a time with --watch (default 8)"
+            "--concurrency", type=int, default=4, help="calls at a time with --watch (default 4)"
+        )
+        parser.add_argument(
+            "--batch", type=int, default=16, help="texts per call with --watch (default 16)"
         )
 
     def handle(self, *args, **options) -> None:
         if not settings.MODERATION_ENABLED:
             raise CommandError("MODERATION_ENABLED is off: nothing to do.")
         if options["watch"]:
-            if options["interval"] <= 0 or options["concurrency"] < 1:
-                raise CommandError("--interval must be positive and --concurrency at least 1.")
+            if options["interval"] <= 0 or min(options["concurrency"], options["batch"]) < 1:
+                raise CommandError(
+                    "--interval must be positive, --concurrency and --batch at least 1."
+                )
             self.stdout.write(
                 f"moderation worker: a pass every {options['interval']:g} s, "
-                f"{options['concurrency']} call(s) at a time; Ctrl-C stops"
+                f"{options['batch']} text(s) per call, {options['concurrency']} call(s) at "
+                "a time; Ctrl-C stops"
             )
-            asyncio.run(_work_until_stopped(options["interval"], options["concurrency"]))
+            asyncio.run(
+                _work_until_stopped(options["interval"], options["concurrency"], options["batch"])
+            )
             self.stdout.write("moderation worker stopped")
             return
         report = asyncio.run(moderation.retry_pending(force=options["now"], limit=options["limit"]))
@@ -63,7 +71,7 @@ class Command(BaseCommand):
             )
 
 
-async def _work_until_stopped(interval_s: float, concurrency: int) -> None:
+async def _work_until_stopped(interval_s: float, concurrency: int, batch: int) -> None:
     # SIGTERM (docker stop) as Ctrl-C: a call in flight is abandoned, its case stays
     # leased until the lease runs out and is called again then.
     work = asyncio.current_task()
@@ -71,4 +79,4 @@ async def _work_until_stopped(interval_s: float, concurrency: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, work.cancel)
     with contextlib.suppress(asyncio.CancelledError):
-        await moderation.watch(interval_s=interval_s, concurrency=concurrency)
+        await moderation.watch(interval_s=interval_s, concurrency=concurrency, batch=batch)
