@@ -13,6 +13,8 @@ Async rules: `schedule()` starts the call as its own task *after* `done` is publ
 (never awaited by the generation); all database work goes through
 `chat.db.db`; a failed or timed-out call leaves the case `pending` with a
 backoff, and `retry_pending()` (periodic task, `manage.py moderate_pending`) tries again.
+With MODERATION_WORKER on, servers only open the case (`open_for_worker`) and the
+worker, `watch()` in a process of its own, calls moderation in batches (`run_cases`).
 """
 
 import asyncio
@@ -605,8 +607,15 @@ def _record_failures(*, case_ids: list[int], error: str) -> None:
 
 
 def _record_results(*, verdicts: dict[int, Verdict]) -> list[tuple[str, VisibilityChange | None]]:
-    """`_record_result` for each case in one trip; each is its own transaction as before."""
-    return [_record_result(case_id=case_id, verdict=v) for case_id, v in verdicts.items()]
+    """`_record_result` for each case in one trip; each is its own transaction as before.
+    A case deleted meanwhile (with its conversation) is skipped, not the batch failed."""
+    results = []
+    for case_id, verdict in verdicts.items():
+        try:
+            results.append(_record_result(case_id=case_id, verdict=verdict))
+        except ModerationCase.DoesNotExist:
+            results.append((SKIPPED, None))
+    return results
 
 
 async def _moderate_claimed(case_id: int, text: str) -> str:

@@ -509,6 +509,22 @@ async def test_a_worker_pass_judges_cases_in_batches_of_one_call(conversation, m
     assert await ModerationCase.objects.filter(state=State.AUTO_APPROVED).acount() == 9
 
 
+async def test_an_answer_deleted_during_its_batch_call_is_skipped_not_the_batch(
+    conversation, monkeypatch
+):
+    messages = [await sync_to_async(answer)(conversation, f"answer {i}") for i in range(3)]
+    call = moderation.moderate_texts
+
+    async def deleting_one(batch):
+        await Message.objects.filter(pk=messages[1].pk).adelete()  # its case goes too
+        return await call(batch)
+
+    monkeypatch.setattr(moderation, "moderate_texts", deleting_one)
+    report = await moderation.retry_pending(batch=3)
+    assert (report.moderated, report.failed, report.paused) == (2, 0, False)
+    assert await ModerationCase.objects.filter(state=State.AUTO_APPROVED).acount() == 2
+
+
 async def test_a_failed_batch_call_leaves_all_its_cases_pending_with_backoff(conversation):
     for i in range(3):
         await sync_to_async(answer)(conversation, f"answer {i}")
