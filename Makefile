@@ -34,8 +34,9 @@ nginx:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } \
 		|| echo "Could not install nginx: cluster tests will skip (fail with REQUIRE_SERVICES=1)."; }
 
-# nginx on 127.0.0.1:$(CLUSTER_PORT) in front of $(PROCESSES) daphne processes, on the
-# local PostgreSQL and Redis (DATABASE_URL and REDIS_URL override them). Ctrl-C drains.
+# nginx on 127.0.0.1:$(CLUSTER_PORT) in front of $(PROCESSES) daphne processes, and the
+# moderation worker, on the local PostgreSQL and Redis (DATABASE_URL and REDIS_URL
+# override them). Ctrl-C drains.
 PROCESSES ?= 2
 CLUSTER_PORT ?= 8080
 serve-cluster: install nginx
