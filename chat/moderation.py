@@ -155,13 +155,21 @@ class RetryReport:
 
 def case_open(*, message_id: uuid.UUID | str) -> ModerationCase | None:
     """The `auto` case of a final assistant message with text, created if missing."""
+    opened = _open_case(message_id)
+    return None if opened is None else ModerationCase.objects.get(pk=opened[1])
+
+
+def _open_case(message_id: uuid.UUID | str) -> tuple[str, int] | None:
+    """The text of a final assistant message with text and its `auto` case's id, the
+    case inserted if it had none (2 statements, 1 when it exists); None for any other
+    message. What `case_open`, `_open_and_claim` and `open_for_worker` share."""
     found = _final_answer_and_case(message_id)
     if found is None:
         return None
-    case_id = found[1]
+    content, case_id = found
     if case_id is None:
         case_id = _create_auto_case(message_id=message_id)
-    return ModerationCase.objects.get(pk=case_id)
+    return content, case_id
 
 
 def _final_answer_and_case(message_id: uuid.UUID | str) -> tuple[str, int | None] | None:
@@ -182,12 +190,10 @@ def _open_and_claim(*, message_id: uuid.UUID | str) -> tuple[int, str] | None:
     answer costs. The text and the existing case's id are read with the message, and a
     new case is one INSERT: 3 statements (2 when the case exists), 9 as two trips. The
     read and the lease are SQL written out (chat/sql.py), as the prompt's statements."""
-    found = _final_answer_and_case(message_id)
-    if found is None:
+    opened = _open_case(message_id)
+    if opened is None:
         return None
-    content, case_id = found
-    if case_id is None:
-        case_id = _create_auto_case(message_id=message_id)
+    content, case_id = opened
     return (case_id, content) if _lease(case_id=case_id) else None
 
 
@@ -199,9 +205,7 @@ def open_for_worker(*, message_id: uuid.UUID | str) -> None:
     if not (settings.MODERATION_ENABLED and settings.MODERATION_WORKER):
         return
     try:
-        found = _final_answer_and_case(message_id)
-        if found is not None and found[1] is None:
-            _create_auto_case(message_id=message_id)
+        _open_case(message_id)
     except Exception:
         log.warning("could not open the moderation case of %s", message_id, exc_info=True)
 
@@ -587,10 +591,7 @@ async def run_cases(case_ids: list[int], *, force: bool = False) -> list[str]:
         return list(outcomes.values())
     results = await db(_record_results)(verdicts=dict(zip(claimed, verdicts, strict=True)))
     for case_id, verdict, (state, change) in zip(claimed, verdicts, results, strict=True):
-        if state == State.FLAGGED:
-            log.info("moderation case %s flagged: %s", case_id, ", ".join(verdict.categories))
-        if change is not None:
-            await announce(change)
+        await _verdict_stored(case_id, verdict, state, change)
         outcomes[case_id] = state
     return list(outcomes.values())
 
@@ -627,11 +628,19 @@ async def _moderate_claimed(case_id: int, text: str) -> str:
         log.warning("moderation of case %s failed (attempt %d): %s", case_id, attempts, error)
         return FAILED
     state, change = await db(_record_result)(case_id=case_id, verdict=verdict)
+    await _verdict_stored(case_id, verdict, state, change)
+    return state
+
+
+async def _verdict_stored(
+    case_id: int, verdict: Verdict, state: str, change: VisibilityChange | None
+) -> None:
+    """After a verdict is stored: log a flag, tell viewers if the message's visibility
+    changed (held or shown again)."""
     if state == State.FLAGGED:
         log.info("moderation case %s flagged: %s", case_id, ", ".join(verdict.categories))
     if change is not None:
         await announce(change)
-    return state
 
 
 async def moderate_message(message_id: uuid.UUID | str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from chat import fanout, metrics, replay
-from chat.redis_lane import Sent, get_lane
+from chat.redis_lane import Lane, Sent, get_lane
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,17 @@ class Relay:
         if self._after is None and self._log_intact and self._channel is not None:
             event, publication = self._event(seq, text)
             commands = replay.append_commands(self._message_id, seq, text, publication)
-            sent = get_lane().send_now(*commands)
+            lane = get_lane()
+            sent = lane.send_now(*commands)
             if sent is not None:
                 self._texts.append(text)
-                return self._confirm(seq, event, sent)
+                return self._confirm(seq, event, lane, sent)
         return self._publish(seq, text)
 
-    async def _confirm(self, seq: int, event: dict[str, Any], sent: Sent) -> None:
+    async def _confirm(self, seq: int, event: dict[str, Any], lane: Lane, sent: Sent) -> None:
         published = False
         try:
-            await get_lane().confirm(sent)
+            await lane.confirm(sent)
             published = True
         except Exception as exc:
             self._append_failed(seq, exc)
