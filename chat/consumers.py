@@ -170,16 +170,20 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         if not self.joined:
             return
         self.joined = False
-        try:
-            await limits.connection_close(self.user.pk, self.channel_name)
-            await get_hub().leave(self.group, self)
-            await self.channel_layer.group_discard(
-                fanout.user_group(self.user.pk), self.channel_name
-            )
-            await presence.leave(str(self.conversation_id), self.channel_name)
-            await self._announce_presence()
-        except Exception:
-            log.warning("cleanup after disconnect failed", exc_info=True)
+        # Each step on its own: one that fails (Redis down) must not leave this socket in
+        # the hub, in presence or in the connection count. Local state goes first.
+        conversation_id, user_id = str(self.conversation_id), self.user.pk
+        for step in (
+            lambda: get_hub().leave(self.group, self),
+            lambda: presence.leave(conversation_id, self.channel_name),
+            self._announce_presence,
+            lambda: limits.connection_close(user_id, self.channel_name),
+            lambda: self.channel_layer.group_discard(fanout.user_group(user_id), self.channel_name),
+        ):
+            try:
+                await step()
+            except Exception:
+                log.warning("cleanup after disconnect failed", exc_info=True)
 
     # ---- client frames ------------------------------------------------------------
 

@@ -13,13 +13,21 @@ def redis_enabled() -> bool:
 
 
 def get_redis() -> aioredis.Redis:
-    """The Redis client of the running loop, created on first use."""
+    """The Redis client of the running loop, created on first use.
+
+    Its pool waits for a free connection: redis-py's default pool raises "Too many
+    connections" past 100 commands in flight, and hundreds of sockets closing at once
+    (a proxy restart) would lose their cleanups to it."""
     return _clients.get(
-        lambda: aioredis.Redis.from_url(
-            settings.REDIS_URL,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=30,
+        lambda: aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL,
+                max_connections=settings.REDIS_MAX_CONNECTIONS,
+                timeout=settings.REDIS_POOL_WAIT_S,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                health_check_interval=30,
+            )
         )
     )
 

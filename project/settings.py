@@ -131,6 +131,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_str("REDIS_URL")
 CHANNEL_PREFIX = env_str("CHANNEL_PREFIX", "chat")
 REDIS_CHANNEL_LAYER = env_str("REDIS_CHANNEL_LAYER", "pubsub")
+# Connections of a process's own Redis client (presence, limits, replay reads); commands
+# beyond them wait up to REDIS_POOL_WAIT_S for one to come free.
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 50)
+REDIS_POOL_WAIT_S = env_float("REDIS_POOL_WAIT_S", 10.0)
 # Capacity and group expiry apply to the in-memory and core Redis layers (pub/sub has
 # neither); see docs/decisions.md "Channel capacity and group expiry".
 CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000)
