@@ -15,7 +15,8 @@ from django.core.management import call_command
 from django.test import AsyncClient
 from django.utils import timezone
 
-from chat import moderation, services
+from chat import moderation, services, upstream
+from chat.management.commands.moderate_pending import _work_until_stopped
 from chat.models import Message, ModerationCase, ModerationEvent, Role
 from tests.sockets import connect as open_socket
 from tests.sockets import frames_until
@@ -443,14 +444,19 @@ async def test_with_a_worker_the_server_opens_the_case_and_the_worker_calls_mode
     case = await ModerationCase.objects.aget(message_id=done["id"])
     assert (case.state, case.attempts, case.source) == (State.PENDING, 0, "auto")
 
-    worker = asyncio.create_task(moderation.watch(interval_s=0.05, concurrency=2))
+    # The command's loop (`moderate_pending --watch`), stopped as SIGTERM stops it.
+    worker = asyncio.create_task(_work_until_stopped(interval_s=0.05, concurrency=2, batch=16))
     try:
         while case.state == State.PENDING:
             await asyncio.sleep(0.02)
             await case.arefresh_from_db()
     finally:
+        client = upstream.get_client()  # the one the worker's calls went through
         worker.cancel()
+        await worker
     assert (case.state, case.attempts, case.categories) == (State.FLAGGED, 1, ["violence"])
+    # Stopped, it closes its HTTP session (aiohttp logs an error for one left open).
+    assert client.is_closed()
 
 
 async def test_a_pass_calls_up_to_its_concurrency_and_stops_when_the_endpoint_looks_down(

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from chat import moderation
+from chat.upstream import close_client
 
 
 class Command(BaseCommand):
@@ -58,7 +59,7 @@ class Command(BaseCommand):
             )
             self.stdout.write("moderation worker stopped")
             return
-        report = asyncio.run(moderation.retry_pending(force=options["now"], limit=options["limit"]))
+        report = asyncio.run(_retry_once(force=options["now"], limit=options["limit"]))
         self.stdout.write(
             f"opened {report.backfilled} case(s) for answers without one; "
             f"moderated {report.moderated} ({report.flagged} flagged), "
@@ -78,5 +79,18 @@ async def _work_until_stopped(interval_s: float, concurrency: int, batch: int) -
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, work.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await moderation.watch(interval_s=interval_s, concurrency=concurrency, batch=batch)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await moderation.watch(interval_s=interval_s, concurrency=concurrency, batch=batch)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        # Its HTTP session, or aiohttp logs an error for it as the process exits.
+        await close_client()
+
+
+async def _retry_once(*, force: bool, limit: int) -> moderation.RetryReport:
+    try:
+        return await moderation.retry_pending(force=force, limit=limit)
+    finally:
+        await close_client()
