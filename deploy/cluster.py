@@ -21,6 +21,10 @@ from pathlib import Path
 from string import Template
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: `project` beside this folder
+
+from project.env import is_on  # noqa: E402
+
 NGINX_SITE = ROOT / "deploy" / "nginx.conf"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/livechat"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -83,8 +87,7 @@ class Cluster:
         return f"http://127.0.0.1:{self.listen_port}"
 
     def start_app(self, port: int) -> None:
-        log = (self.run_dir / f"daphne-{port}.log").open("a")
-        self.apps[port] = subprocess.Popen(
+        self.apps[port] = self._spawn(
             [
                 sys.executable,
                 "-m",
@@ -97,32 +100,27 @@ class Cluster:
                 str(port),
                 "project.asgi:application",
             ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            f"daphne-{port}.log",
         )
         wait_http(f"http://127.0.0.1:{port}/readyz")
 
     def stop_app(self, port: int, timeout: float = 60) -> int:
         """SIGTERM: the process drains, then exits."""
-        proc = self.apps.pop(port)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait(5)
+        return _stop(self.apps.pop(port), signal.SIGTERM, timeout)
 
     def start_worker(self) -> None:
         """`moderate_pending --watch`: the moderation calls MODERATION_WORKER leaves to it."""
-        log = (self.run_dir / "moderation-worker.log").open("a")
-        self.worker = subprocess.Popen(
-            [sys.executable, "manage.py", "moderate_pending", "--watch"],
+        self.worker = self._spawn(
+            [sys.executable, "manage.py", "moderate_pending", "--watch"], "moderation-worker.log"
+        )
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        """A child in its own session (Ctrl-C reaches only this script), logging to run_dir."""
+        return subprocess.Popen(
+            args,
             cwd=ROOT,
             env=self.env,
-            stdout=log,
+            stdout=(self.run_dir / log_name).open("a"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -138,36 +136,35 @@ class Cluster:
             )
         )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.nginx = subprocess.Popen(
-            [nginx, "-c", str(conf), "-p", str(self.run_dir), "-g", "daemon off;"],
-            stdout=(self.run_dir / "nginx.out").open("a"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.nginx = self._spawn(
+            [nginx, "-c", str(conf), "-p", str(self.run_dir), "-g", "daemon off;"], "nginx.out"
         )
         wait_http(f"{self.url}/healthz")
 
     def start(self) -> None:
         for port in self.ports:
             self.start_app(port)
-        if self.env.get("MODERATION_WORKER") == "1":
+        if is_on(self.env.get("MODERATION_WORKER", "")):
             self.start_worker()
         self.start_nginx()
 
     def stop(self) -> None:
         if self.nginx is not None and self.nginx.poll() is None:
-            self.nginx.send_signal(signal.SIGQUIT)  # graceful: finish open requests
-            try:
-                self.nginx.wait(10)
-            except subprocess.TimeoutExpired:
-                self.nginx.kill()
+            _stop(self.nginx, signal.SIGQUIT, 10)  # graceful: finish open requests
         for port in list(self.apps):
             self.stop_app(port)
         if self.worker is not None and self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)
-            try:
-                self.worker.wait(10)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
+            _stop(self.worker, signal.SIGTERM, 10)
+
+
+def _stop(proc: subprocess.Popen, sig: int, timeout: float) -> int:
+    """Send `sig`, wait up to `timeout` seconds, then kill."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
 
 
 def _manage(env: dict[str, str], *args: str) -> None:

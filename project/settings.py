@@ -1,35 +1,16 @@
 """Settings, read from the environment in this one place (README lists every variable)."""
 
 import logging
-import os
 import secrets
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from project.env import env_bool, env_float, env_int, env_str
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 log = logging.getLogger("project.settings")
-
-
-def env_str(name: str, default: str = "") -> str:
-    # Set-but-empty means "use the default", as `VAR=` in a compose file or shell does.
-    return os.environ.get(name, "").strip() or default
-
-
-def env_bool(name: str, default: bool = False) -> bool:
-    raw = env_str(name)
-    return default if not raw else raw.lower() in {"1", "true", "yes", "on"}
-
-
-def env_int(name: str, default: int) -> int:
-    raw = env_str(name)
-    return int(raw) if raw else default
-
-
-def env_float(name: str, default: float) -> float:
-    raw = env_str(name)
-    return float(raw) if raw else default
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)

@@ -187,6 +187,11 @@ class Server:
         )
 
 
+def metric_value(text: str, name: str) -> float:
+    """The value of an unlabelled metric in a /metrics text."""
+    return float(next(x for x in text.splitlines() if x.startswith(f"{name} ")).split()[1])
+
+
 class Session:
     """A signed-in user talking to one server over HTTP and websockets."""
 
@@ -217,6 +222,10 @@ class Session:
 
     def cookie_header(self) -> str:
         return "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+
+    async def metric(self, name: str) -> float:
+        """A metric of the server this session talks to (its /metrics, from loopback)."""
+        return metric_value((await self.http.get("/metrics")).text, name)
 
     async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         headers = {"X-CSRFToken": self.http.cookies.get("csrftoken", "")}

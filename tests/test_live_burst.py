@@ -24,11 +24,6 @@ pytestmark = [
 SOCKETS = 240
 
 
-async def gauge(session: Session, name: str) -> float:
-    text = (await session.http.get("/metrics")).text
-    return float(next(x for x in text.splitlines() if x.startswith(f"{name} ")).split()[1])
-
-
 async def test_a_burst_of_joins_and_leaves_is_counted_and_cleaned_up(redis_postgres: Deployment):
     server = redis_postgres.start_server(WS_MAX_CONNECTIONS_PER_USER=str(SOCKETS + 10))
     alice = await Session(server, "alice").login()
@@ -39,7 +34,7 @@ async def test_a_burst_of_joins_and_leaves_is_counted_and_cleaned_up(redis_postg
     try:
         # All at once: the server holds every handshake in flight together.
         viewers = await asyncio.gather(*(alice.viewer(conv) for _ in range(SOCKETS)))
-        assert await gauge(alice, "livechat_connected_viewers") == SOCKETS
+        assert await alice.metric("livechat_connected_viewers") == SOCKETS
         assert await redis.hlen(f"{prefix}:presence:{conv}") == SOCKETS
         observer = await bob.viewer(conv)
 
@@ -49,11 +44,11 @@ async def test_a_burst_of_joins_and_leaves_is_counted_and_cleaned_up(redis_postg
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             left = await redis.hlen(f"{prefix}:presence:{conv}")
-            if left == 1 and await gauge(alice, "livechat_connected_viewers") == 1:
+            if left == 1 and await alice.metric("livechat_connected_viewers") == 1:
                 break
             await asyncio.sleep(0.2)
         assert await redis.hlen(f"{prefix}:presence:{conv}") == 1
-        assert await gauge(alice, "livechat_connected_viewers") == 1
+        assert await alice.metric("livechat_connected_viewers") == 1
         # The per-user connection counts hold bob's one socket and nothing of alice's.
         counted = [await redis.zcard(k) async for k in redis.scan_iter(f"{prefix}:conn:*")]
         assert sum(counted) == 1

@@ -13,7 +13,7 @@ import pytest
 
 from deploy.cluster import Cluster
 from tests import services
-from tests.live import ROOT, Deployment, Server, Session, free_port
+from tests.live import ROOT, Deployment, Server, Session, free_port, metric_value
 
 pytestmark = [
     pytest.mark.multiprocess,
@@ -55,8 +55,7 @@ def viewers_per_process(cluster: Cluster) -> dict[int, float]:
     counts = {}
     for port in cluster.apps:
         text = httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        line = next(x for x in text.splitlines() if x.startswith("livechat_connected_viewers "))
-        counts[port] = float(line.split()[1])
+        counts[port] = metric_value(text, "livechat_connected_viewers")
     return counts
 
 

@@ -28,9 +28,7 @@ async def close_all(*viewers: Viewer) -> None:
 
 async def frames_direct(session) -> float:
     """The server's count of frames written straight to sockets (chat/direct_send.py)."""
-    text = (await session.http.get("/metrics")).text
-    line = next(x for x in text.splitlines() if x.startswith("livechat_frames_direct_total "))
-    return float(line.split()[1])
+    return await session.metric("livechat_frames_direct_total")
 
 
 async def test_three_viewers_see_the_same_stream_and_usage_is_stored(sessions, server):
