@@ -24,22 +24,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def install_recorder() -> None:
-    from chat.simulator import script
+    from chat.simulator import completions, script
 
     prompts: dict[str, str] = {}  # completion id -> clean prompt
     stamps: dict[str, list[float | None]] = {}  # completion id -> sim_ts per token
-    sizes: dict[str, int] = {}  # completion id -> number of content tokens
+    sizes: dict[str, int] = {}  # completion id -> number of content tokens, once all made
 
-    original_build = script.build_completion
-    original_event = script._content_event
+    original_build = completions.build_completion
+    original_event = completions._content_event
     original_handle = script.Simulator.handle
 
     def build_completion(request, directives, prompt, id_, created):  # type: ignore[no-untyped-def]
         completion = original_build(request, directives, prompt, id_, created)
         prompts[completion.id] = prompt
-        sizes[completion.id] = len(completion.tokens)
         stamps[completion.id] = []
+        completion.tokens = counted(completion.id, completion.tokens)
         return completion
+
+    def counted(cid, tokens):  # type: ignore[no-untyped-def]
+        # Tokens are made as they are sent: their number is known after the last one.
+        made = 0
+        for token in tokens:
+            made += 1
+            yield token
+        sizes[cid] = made
 
     def content_event(c, token, clock):  # type: ignore[no-untyped-def]
         slots = stamps.setdefault(c.id, [])
@@ -58,7 +66,7 @@ def install_recorder() -> None:
             keep = "keep=1" in path
             done: dict[str, Any] = {}
             for cid, slots in list(stamps.items()):
-                if len(slots) >= sizes.get(cid, 0) and all(t is not None for t in slots):
+                if cid in sizes and len(slots) >= sizes[cid] and all(t is not None for t in slots):
                     done.setdefault(prompts.get(cid, cid), []).append(slots)
                     if not keep:
                         stamps.pop(cid, None)
@@ -67,8 +75,8 @@ def install_recorder() -> None:
             return script.json_plan(200, {"records": done})
         return original_handle(self, method, path, body)
 
-    script.build_completion = build_completion
-    script._content_event = content_event
+    completions.build_completion = build_completion
+    completions._content_event = content_event
     script.Simulator.handle = handle
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import json
 import os
 import queue
@@ -11,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +31,7 @@ from chat.simulator import (
     SimSettings,
     Simulator,
     SimulatorTransport,
+    Sleep,
     count_prompt_tokens,
     moderation_result,
     parse_directives,
@@ -36,6 +40,7 @@ from chat.simulator import (
     simulator_client,
     tokenize,
 )
+from chat.simulator.plan import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT_PROMPT = "Count to 100, with a comma between each number"
@@ -653,3 +658,195 @@ async def test_in_process_server_close_ends_stalled_connections() -> None:
         assert isinstance(error, openai.APIConnectionError)
     finally:
         await sim_client.close()
+
+
+# --- bounds: a request costs what it sends, never what it asks for ------------------------
+
+MB = 2**20
+# The documented maxima (the Limits table of chat/simulator/script.py).
+MAX_WORDS = 100_000
+MAX_DELAY_S = 60.0
+MAX_STALL_S = 3600.0
+MAX_FAULT_COUNTERS = 10_000
+# sha256 prefixes of replies as the simulator has always given them.
+PINNED_REPLIES = {
+    "x [[sim words=100000]]": "dd1b1d70e9db0552",
+    "Count to 100000": "2efe8e50219d1e15",
+    "Tell me about rivers": "7839ba7af16cba37",
+    "hi": "0d3204ea7c19a65a",
+    "anything [[sim words=37]]": "67a5103f4dcd8c42",
+    "Count to 1234 please": "c6aeb32e1deb06c3",
+}
+
+
+def chat_body(text: str, **fields: Any) -> bytes:
+    """A chat completion request body for one user message."""
+    return json.dumps({"model": MODEL, "messages": user(text), **fields}).encode()
+
+
+def traced_peak(work: Callable[[], Any]) -> tuple[Any, int]:
+    """What `work` returns, and the peak of memory allocated while it ran."""
+    tracemalloc.start()
+    try:
+        result = work()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+def content_pieces(events: Iterable[Event]) -> list[str]:
+    """The content of the content chunks among plan events."""
+    pieces = []
+    for event in events:
+        if isinstance(event, Emit) and event.data().startswith(b"data: {"):
+            chunk = json.loads(event.data()[len(b"data: ") :])
+            for choice in chunk.get("choices") or []:
+                if choice["delta"].get("content"):
+                    pieces.append(choice["delta"]["content"])
+    return pieces
+
+
+def sleeps(events: Iterable[Event]) -> list[float]:
+    """The delays among plan events."""
+    return [event.seconds for event in events if isinstance(event, Sleep)]
+
+
+@pytest.mark.parametrize("text", list(PINNED_REPLIES))
+def test_replies_are_unchanged(text: str) -> None:
+    reply = reply_for(user(text))
+    assert hashlib.sha256(reply.encode()).hexdigest()[:16] == PINNED_REPLIES[text]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "anything [[sim words=37]]",
+        "x [[sim words=0]]",
+        "Count to 1234 please",
+        "count to 0",
+        "Tell me about rivers",
+        f"x [[sim reply={quote('a  b' + chr(10) * 2 + ' 12345, <b>ok</b>  ')}]]",
+    ],
+)
+def test_streamed_pieces_are_the_tokens_of_the_reply(text: str) -> None:
+    sim = Simulator(SimSettings(ttft_ms=0, chunk_ms=0))
+    plan = sim.handle("POST", "/v1/chat/completions", chat_body(text, stream=True))
+    reply = reply_for(user(text))
+    assert content_pieces(plan.events) == tokenize(reply)
+
+
+@pytest.mark.parametrize(
+    ("text", "at_maximum"),
+    [
+        ("go [[sim words=1000000000]]", "go [[sim words=100000]]"),
+        ("count to 1000000000000", "count to 100000"),
+    ],
+)
+def test_a_huge_reply_streams_in_small_memory(text: str, at_maximum: str) -> None:
+    sim = Simulator(SimSettings(ttft_ms=0, chunk_ms=0))
+
+    def start() -> list[str]:
+        plan = sim.handle("POST", "/v1/chat/completions", chat_body(text, stream=True))
+        return content_pieces(itertools.islice(plan.events, 200))
+
+    pieces, peak = traced_peak(start)
+    assert peak < 4 * MB
+    assert len(pieces) > 150
+    assert pieces == tokenize(reply_for(user(at_maximum)))[: len(pieces)]
+
+
+def test_a_non_streamed_answer_builds_at_most_max_tokens() -> None:
+    sim = Simulator(SimSettings(ttft_ms=0, chunk_ms=0))
+
+    def answer() -> bytes:
+        body = chat_body("go [[sim words=1000000000]]", max_tokens=300)
+        plan = sim.handle("POST", "/v1/chat/completions", body)
+        return b"".join(e.data() for e in plan.events if isinstance(e, Emit))
+
+    raw, peak = traced_peak(answer)
+    assert peak < 4 * MB
+    reply = json.loads(raw)
+    content = reply["choices"][0]["message"]["content"]
+    assert tokenize(content) == tokenize(reply_for(user("go [[sim words=100000]]")))[:300]
+    assert reply["usage"]["completion_tokens"] == 300
+    assert reply["choices"][0]["finish_reason"] == "length"
+
+
+async def test_a_stream_cut_by_max_tokens_reports_the_chunks_sent(
+    client: openai.AsyncOpenAI,
+) -> None:
+    stream = await stream_chat(
+        client,
+        "go [[sim words=1000000000]]",
+        max_tokens=1000,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    pieces = content_of(chunks)
+    assert len(pieces) == 1000
+    assert chunks[-1].usage.completion_tokens == 1000
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert pieces == tokenize(reply_for(user("go [[sim words=100000]]")))[:1000]
+
+
+def test_sizes_beyond_the_maximum_act_as_the_maximum() -> None:
+    assert len(reply_for(user("x [[sim words=1000000000]]")).split()) == MAX_WORDS
+    assert reply_for(user("x [[sim words=1000000000]]")) == reply_for(
+        user("x [[sim words=100000]]")
+    )
+    # Too many digits for int() is still just "too many".
+    assert reply_for(user(f"count to {'9' * 5000}")).endswith(", 99999, 100000")
+    assert reply_for(user(f"x [[sim words={'9' * 5000}]]")).count(" ") + 1 == MAX_WORDS
+    long_reply = "ab " * 50_000
+    assert reply_for(user(f"x [[sim reply={quote(long_reply)}]]")) == long_reply[:100_000]
+
+
+def test_delays_beyond_the_maximum_act_as_the_maximum() -> None:
+    sim = Simulator(SimSettings(ttft_ms=0, chunk_ms=0))
+
+    def plan_sleeps(text: str, **fields: Any) -> list[float]:
+        plan = sim.handle("POST", "/v1/chat/completions", chat_body(text, **fields))
+        return sleeps(plan.events)
+
+    # "1, 2" is 4 tokens: the time to first token, then 3 gaps.
+    slow = "count to 2 [[sim chunk_ms=1000000000 ttft_ms=1e999]]"
+    assert plan_sleeps(slow, stream=True) == [MAX_DELAY_S] * 4
+    assert plan_sleeps(slow) == [MAX_DELAY_S * 5]
+    stalled = "count to 2 [[sim fault=stall_after n=1 stall_s=1e12]]"
+    assert plan_sleeps(stalled, stream=True) == [MAX_STALL_S]
+    # A fault after more chunks than the reply has comes after the last one.
+    late = f"count to 2 [[sim fault=error_after n={'9' * 5000}]]"
+    plan = sim.handle("POST", "/v1/chat/completions", chat_body(late, stream=True))
+    events = list(plan.events)
+    assert content_pieces(events) == ["1", ",", " ", "2"]
+    assert b'"error"' in events[-2].data()
+    limited = chat_body(f"x [[sim fault=http_429 retry_after_ms={10**15}]]")
+    refused = sim.handle("POST", "/v1/chat/completions", limited)
+    assert refused.status == 429
+    assert dict(refused.headers)["retry-after-ms"] == "60000"
+    assert dict(refused.headers)["retry-after"] == "60"
+    slow_moderation = sim.handle(
+        "POST", "/v1/moderations", json.dumps({"input": "x [[sim ttft_ms=1e9]]"}).encode()
+    )
+    assert sleeps(slow_moderation.events) == [MAX_DELAY_S]
+
+
+def test_fault_counters_are_bounded() -> None:
+    sim = Simulator()
+
+    def moderate(text: str) -> int:
+        body = json.dumps({"input": text}).encode()
+        return sim.handle("POST", "/v1/moderations", body).status
+
+    for i in range(MAX_FAULT_COUNTERS + 50):
+        assert moderate(f"x [[sim fault=http_500 times=1 tag={i}]]") == 500
+    assert len(sim.fault_counts) == MAX_FAULT_COUNTERS
+    # The most recent directives keep their spent budget; the oldest were forgotten.
+    assert moderate(f"x [[sim fault=http_500 times=1 tag={MAX_FAULT_COUNTERS + 49}]]") == 200
+    assert moderate("x [[sim fault=http_500 times=1 tag=0]]") == 500
+    # A long directive is counted under a short key.
+    padded = f"x [[sim fault=http_500 times=1 pad={'p' * 100_000}]]"
+    assert [moderate(padded), moderate(padded)] == [500, 200]
+    assert max(len(key) for key in sim.fault_counts) <= 200
+    assert len(sim.fault_counts) == MAX_FAULT_COUNTERS

@@ -5,6 +5,15 @@ a status, headers and a lazy sequence of events (`Sleep`, `Emit`, `Drop`, `End`)
 The in-process transport (`transport.py`) and the socket server (`server.py`) only
 walk that plan, so both behave identically.
 
+A request costs what it sends, never what it asks for: every size and delay a directive
+gives is clamped (see Limits), and a streamed reply is made token by token as the plan
+is read, so a stream cut by ``max_tokens``, a fault or a client that leaves makes only
+the tokens sent. A non-streamed reply makes at most ``max_tokens`` tokens.
+
+The parts: `limits` (maxima), `replies` (prompts, tokens, reply text), `plan` (events
+and framing), `completions` (chat completions), `faults`, `moderations`; this module
+routes requests and re-exports their public names.
+
 Endpoints
 ---------
 ``POST /v1/chat/completions``
@@ -12,8 +21,9 @@ Endpoints
     `max_tokens` / `max_completion_tokens`). With ``stream=true`` the body is
     ``text/event-stream``: a role chunk, one chunk per token (each with a top-level
     ``sim_ts`` float, the ``time.time()`` at emission), a finish chunk, an optional
-    usage chunk (``stream_options.include_usage``) and ``data: [DONE]``. Without
-    streaming: a ``chat.completion`` object, sent after ``ttft_ms + chunk_ms * tokens``.
+    usage chunk (``stream_options.include_usage``; it counts the content chunks sent)
+    and ``data: [DONE]``. Without streaming: a ``chat.completion`` object, sent after
+    ``ttft_ms + chunk_ms * tokens``.
     When the reply has more tokens than the max, it is cut and finish_reason is
     "length".
 ``POST /v1/moderations``
@@ -33,9 +43,10 @@ Reply text
 The reply answers the last ``user`` message (string content, or the joined ``text``
 parts of a list). In order of precedence:
 
-1. directive ``reply=<percent-encoded text>``: exactly that text (``+`` is a space);
-2. directive ``words=N``: exactly N words from a built-in word list;
-3. text matching ``count to (\\d+)`` (any case): ``"1, 2, ..., N"`` (N capped at 100000);
+1. directive ``reply=<percent-encoded text>``: exactly that text (``+`` is a space),
+   up to its first 100,000 characters;
+2. directive ``words=N``: exactly N words from a built-in word list (N at most 100,000);
+3. text matching ``count to (\\d+)`` (any case): ``"1, 2, ..., N"`` (N at most 100,000);
 4. otherwise 2-5 sentences of built-in words.
 
 Random choices are seeded with the sha256 of the prompt text (directives removed),
@@ -51,7 +62,8 @@ Directives
 ----------
 Written anywhere in the last user message as ``[[sim key=value key=value ...]]``; the
 directive is removed from the prompt before the reply is computed. Several directives
-merge (later keys win). Unknown keys and malformed values are ignored.
+merge (later keys win). Unknown keys and malformed values are ignored; values beyond
+a maximum (see Limits) act as the maximum.
 
 ``ttft_ms=F``       delay before the first chunk (default: server/transport setting); in a
                     moderation input, delay before the moderation answer (default 0).
@@ -72,7 +84,8 @@ merge (later keys win). Unknown keys and malformed values are ignored.
 ``n=N``             chunk count for the ``*_after`` faults (default 0). When the reply
                     has fewer tokens, the fault happens after the last one.
 ``times=K``         the fault hits only the first K requests carrying this exact
-                    directive text (counted per simulator instance); later ones succeed.
+                    directive text (counted per simulator instance, for the 10,000
+                    directive texts it saw most recently); later ones succeed.
                     Default: every request.
 ``usage=off``       never send the usage chunk, whatever ``stream_options`` says.
 ``stream_options=reject``  answer 400 "Unrecognized request argument supplied:
@@ -85,560 +98,100 @@ merge (later keys win). Unknown keys and malformed values are ignored.
 ``finish=stop|length|content_filter``  force that finish_reason.
 
 The ``*_after`` faults only apply to streaming requests.
+
+Limits
+------
+Larger values act as these maxima (they are not errors); `limits` holds them.
+
+==========================  ============================
+``words=N``                 100,000 words
+``count to N`` (prompt)     100,000
+``reply=T``                 100,000 characters
+``n=N``                     1,000,000 chunks
+``times=K``                 1,000,000 requests
+``ttft_ms``, ``chunk_ms``   60,000 ms (a minute)
+``retry_after_ms``          60,000 ms (a minute)
+``stall_s``                 3,600 s (an hour)
+==========================  ============================
+
+A simulator instance keeps ``times=K`` counters for at most 10,000 directive texts
+(the most recently seen; a text longer than 200 characters is counted by its digest).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import random
-import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote_plus
 
-MAX_COUNT = 100_000
-DEFAULT_STALL_S = 3600.0
-DEFAULT_RETRY_AFTER_MS = 50
-SYSTEM_FINGERPRINT = "fp_sim"
-KEEPALIVE = b": keep-alive\n\n"
-DONE = b"data: [DONE]\n\n"
-MID_STREAM_ERROR_MESSAGE = "The server had an error while processing your request."
-
-MODERATION_CATEGORIES = (
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "illicit",
-    "illicit/violent",
-    "self-harm",
-    "self-harm/intent",
-    "self-harm/instructions",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
+from chat.simulator import completions
+from chat.simulator.completions import StreamOptions, completion_object, parse_chat_request
+from chat.simulator.faults import Fault, FaultCounts, fault_of, fault_plan, times_of
+from chat.simulator.limits import MAX_COUNT, delay_s
+from chat.simulator.moderations import moderation_inputs, moderation_result
+from chat.simulator.plan import (
+    STREAM_HEADERS,
+    BadRequest,
+    Drop,
+    Emit,
+    End,
+    Event,
+    Plan,
+    Sleep,
+    error_body,
+    error_plan,
+    json_plan,
+    sse,
 )
-FLAGGED_SCORE = 0.97
-UNFLAGGED_SCORE = 0.001
-
-_WORD_TEXT = """
-the a an and but or so because while when after before about above across against along
-among around behind below beside between beyond during except inside near through toward
-under until upon within without time year people way day man woman child world life hand
-part place case week company system program question work government number night point
-home water room mother area money story fact month lot right study book eye job word
-business issue side kind head house service friend father power hour game line end
-member law car city community name president team minute idea kid body information back
-parent face others level office door health person art war history party result change
-morning reason research girl guy moment air teacher force education river garden window
-letter market island bridge road is was has had will can could would should might must
-make take give find tell ask seem feel try leave call keep let begin show hear play run
-move live believe bring happen write provide sit stand lose pay meet include continue
-set learn lead understand watch follow stop create speak read allow add spend grow open
-walk win offer remember love consider appear buy wait serve die send expect build stay
-fall cut reach remain suggest raise pass sell require report decide pull good new first
-last long great little own other old big high different small large next early young
-important few public bad same able quiet bright simple careful gentle warm cold green
-blue quick slow happy calm clear strong soft sharp
-"""
-WORDS: tuple[str, ...] = tuple(_WORD_TEXT.split())
-
-# A word (letters) with at most one leading space; digit runs of up to 3; whitespace that
-# leaves its last space to a following word; any other whitespace run; any other char.
-_TOKEN_RE = re.compile(
-    r" ?[^\W\d_]+|\d{1,3}|\s+?(?= [^\W\d_])|\s+|.",
-    re.DOTALL,
+from chat.simulator.replies import (
+    WORDS,
+    count_prompt_tokens,
+    last_user_text,
+    parse_directives,
+    reply_for,
+    reply_text,
+    reply_tokens,
+    tokenize,
 )
-_DIRECTIVE_RE = re.compile(r"\[\[sim(?:\s+([^\]]*))?\]\]", re.IGNORECASE)
-_COUNT_RE = re.compile(r"count to (\d+)", re.IGNORECASE)
-_FLAG_RE = re.compile(r"\[\[flag:([a-z/\-]+)\]\]", re.IGNORECASE)
-_FLAGME_RE = re.compile(r"flagme", re.IGNORECASE)
+
+__all__ = [
+    "MAX_COUNT",
+    "WORDS",
+    "BadRequest",
+    "Drop",
+    "Emit",
+    "End",
+    "Event",
+    "Fault",
+    "Plan",
+    "SimSettings",
+    "Simulator",
+    "Sleep",
+    "count_prompt_tokens",
+    "error_body",
+    "error_plan",
+    "json_plan",
+    "moderation_result",
+    "parse_directives",
+    "reply_for",
+    "reply_text",
+    "reply_tokens",
+    "sse",
+    "tokenize",
+]
 
 
 @dataclass(frozen=True)
 class SimSettings:
-    """Defaults for pacing, overridable per request with directives."""
+    """Defaults for pacing, overridable per request with directives (both clamped to the
+    delay maximum)."""
 
     chunk_ms: float = 15.0
     ttft_ms: float = 300.0
     models: tuple[str, ...] = ("gpt-4o-mini", "sim-1")
-
-
-# --- plan events -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    """Wait this long before the next event."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    """Send bytes; a callable payload is rendered at emission time (fresh `sim_ts`)."""
-
-    payload: bytes | Callable[[], bytes]
-
-    def data(self) -> bytes:
-        """The bytes to send now."""
-        return self.payload() if callable(self.payload) else self.payload
-
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """Cut the connection abruptly, mid-body."""
-
-
-@dataclass(frozen=True, slots=True)
-class End:
-    """Finish the body cleanly."""
-
-
-Event = Sleep | Emit | Drop | End
-
-
-@dataclass
-class Plan:
-    """What to answer: status, headers, then events; `streaming` means chunked SSE."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    events: Iterator[Event]
-    streaming: bool = False
-    content_length: int | None = None
-
-
-# --- text ----------------------------------------------------------------------------------
-
-
-def tokenize(text: str) -> list[str]:
-    """Split text into OpenAI-like token pieces; `"".join(tokenize(t)) == t` always."""
-    return _TOKEN_RE.findall(text)
-
-
-def content_text(content: Any) -> str:
-    """Text of a message content: a string, or the joined `text` parts of a list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, Mapping)
-            and part.get("type") == "text"
-            and isinstance(part.get("text"), str)
-        )
-    return ""
-
-
-def count_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
-    """Prompt tokens: each message costs its tokens plus 3, plus 3 for the reply primer."""
-    return sum(len(tokenize(content_text(m.get("content")))) + 3 for m in messages) + 3
-
-
-def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    """Text of the last message with role "user" (empty if none)."""
-    for message in reversed(messages):
-        if isinstance(message, Mapping) and message.get("role") == "user":
-            return content_text(message.get("content"))
-    return ""
-
-
-def parse_directives(text: str) -> tuple[str, dict[str, str]]:
-    """Remove `[[sim k=v ...]]` directives from text; return (clean text, merged keys)."""
-    found: dict[str, str] = {}
-    for match in _DIRECTIVE_RE.finditer(text):
-        for item in (match.group(1) or "").split():
-            key, sep, value = item.partition("=")
-            if sep and key:
-                found[key.lower()] = value
-    return _DIRECTIVE_RE.sub("", text).strip(), found
-
-
-def directive_key(text: str) -> str:
-    """The exact directive text of a message, used to count `times=K` faults."""
-    return " ".join(m.group(0) for m in _DIRECTIVE_RE.finditer(text))
-
-
-def _rng(prompt: str) -> random.Random:
-    """A generator seeded from the prompt, stable across processes."""
-    return random.Random(int.from_bytes(hashlib.sha256(prompt.encode()).digest(), "big"))
-
-
-def _sentences(rng: random.Random, word_counts: Sequence[int]) -> str:
-    """Capitalised sentences of random words, one per entry of word_counts."""
-    out = []
-    for count in word_counts:
-        words = [rng.choice(WORDS) for _ in range(count)]
-        words[0] = words[0].capitalize()
-        out.append(" ".join(words) + ".")
-    return " ".join(out)
-
-
-def _split_words(rng: random.Random, total: int) -> list[int]:
-    """Split `total` words into sentence lengths of 4-12 words (the last may be shorter)."""
-    counts = []
-    while total > 0:
-        take = min(total, rng.randint(4, 12))
-        counts.append(take)
-        total -= take
-    return counts
-
-
-def reply_text(prompt: str, directives: Mapping[str, str]) -> str:
-    """The deterministic reply for a clean prompt and its directives."""
-    if "reply" in directives:
-        return unquote_plus(directives["reply"])
-    rng = _rng(prompt)
-    words = _int(directives.get("words"))
-    if words is not None and words >= 0:
-        return _sentences(rng, _split_words(rng, words))
-    match = _COUNT_RE.search(prompt)
-    if match:
-        n = min(int(match.group(1)), MAX_COUNT)
-        return ", ".join(str(i) for i in range(1, n + 1))
-    return _sentences(rng, [rng.randint(5, 14) for _ in range(rng.randint(2, 5))])
-
-
-def reply_for(messages: Sequence[Mapping[str, Any]]) -> str:
-    """The reply the simulator gives to these messages."""
-    prompt, directives = parse_directives(last_user_text(messages))
-    return reply_text(prompt, directives)
-
-
-# --- helpers -------------------------------------------------------------------------------
-
-
-def _int(value: str | None) -> int | None:
-    """Parse an int directive value, None when missing or malformed."""
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _float(value: str | None, default: float) -> float:
-    """Parse a finite, non-negative float directive value, else the default."""
-    try:
-        parsed = float(value) if value is not None else default
-    except ValueError:
-        return default
-    return parsed if math.isfinite(parsed) and parsed >= 0 else default
-
-
-def _retry_after_ms(value: str | None) -> int:
-    """The `retry_after_ms` directive, defaulting when missing or negative."""
-    parsed = _int(value)
-    return parsed if parsed is not None and parsed >= 0 else DEFAULT_RETRY_AFTER_MS
-
-
-def _dumps(obj: Any) -> bytes:
-    """Compact JSON, as OpenAI sends it."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def sse(obj: Any) -> bytes:
-    """One server-sent event carrying JSON data."""
-    return b"data: " + _dumps(obj) + b"\n\n"
-
-
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None):
-    """OpenAI's error body shape."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def json_plan(
-    status: int,
-    obj: Any,
-    headers: Sequence[tuple[str, str]] = (),
-    delay: float = 0.0,
-) -> Plan:
-    """A plan answering with a JSON body (after an optional delay)."""
-    body = _dumps(obj)
-    events: list[Event] = [Sleep(delay)] if delay > 0 else []
-    events += [Emit(body), End()]
-    return Plan(
-        status=status,
-        headers=[("content-type", "application/json"), *headers],
-        events=iter(events),
-        content_length=len(body),
-    )
-
-
-def error_plan(status: int, message: str, type_: str, code: str | None = None, **kw) -> Plan:
-    """A plan answering with an OpenAI error body."""
-    return json_plan(status, error_body(message, type_, code), **kw)
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A fault chosen for one request."""
-
-    kind: str
-    n: int = 0
-    stall_s: float = DEFAULT_STALL_S
-    retry_after_ms: int = DEFAULT_RETRY_AFTER_MS
-
-
-FAULT_KINDS = frozenset(
-    {"http_429", "http_500", "error_after", "drop_after", "cut_after", "stall_after"}
-)
-
-
-def fault_plan(fault: Fault) -> Plan | None:
-    """The immediate error response for an HTTP-level fault, else None."""
-    if fault.kind == "http_429":
-        retry_after = [
-            ("retry-after-ms", str(fault.retry_after_ms)),
-            ("retry-after", str(math.ceil(fault.retry_after_ms / 1000))),
-        ]
-        return error_plan(
-            429,
-            "Rate limit reached (simulated).",
-            "requests",
-            "rate_limit_exceeded",
-            headers=retry_after,
-        )
-    if fault.kind == "http_500":
-        return error_plan(
-            500, "The server had an error while processing your request.", "server_error"
-        )
-    return None
-
-
-# --- chat completions ----------------------------------------------------------------------
-
-
-@dataclass
-class ChatRequest:
-    """The parts of a chat completion request the simulator uses."""
-
-    model: str
-    messages: list[dict[str, Any]]
-    stream: bool = False
-    include_usage: bool = False
-    max_tokens: int | None = None
-    has_stream_options: bool = False
-
-
-class BadRequest(Exception):
-    """A request the simulator refuses with a 400."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def parse_chat_request(body: Any) -> ChatRequest:
-    """Validate a decoded chat completion body."""
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("you must provide a model parameter", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise BadRequest("'messages' must be a list of message objects", "messages")
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise BadRequest("max_tokens must be a non-negative integer", "max_tokens")
-    options = body.get("stream_options")
-    return ChatRequest(
-        model=model,
-        messages=messages,
-        stream=bool(body.get("stream")),
-        include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
-        max_tokens=limit,
-        has_stream_options="stream_options" in body,
-    )
-
-
-@dataclass
-class Completion:
-    """A reply worked out for one chat request, ready to be framed."""
-
-    id: str
-    created: int
-    model: str
-    tokens: list[str]
-    finish_reason: str
-    usage: dict[str, int]
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """OpenAI's usage object."""
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def build_completion(
-    request: ChatRequest, directives: Mapping[str, str], prompt: str, id_: str, created: int
-) -> Completion:
-    """Work out the reply tokens, finish reason and usage for a request."""
-    tokens = tokenize(reply_text(prompt, directives))
-    finish = "stop"
-    if request.max_tokens is not None and len(tokens) > request.max_tokens:
-        tokens, finish = tokens[: request.max_tokens], "length"
-    if directives.get("finish") in ("stop", "length", "content_filter"):
-        finish = directives["finish"]
-    usage = _usage(count_prompt_tokens(request.messages), len(tokens))
-    return Completion(id_, created, request.model, tokens, finish, usage)
-
-
-def completion_object(c: Completion) -> dict[str, Any]:
-    """The non-streaming `chat.completion` response."""
-    return {
-        "id": c.id,
-        "object": "chat.completion",
-        "created": c.created,
-        "model": c.model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": "".join(c.tokens),
-                    "refusal": None,
-                    "annotations": [],
-                },
-                "logprobs": None,
-                "finish_reason": c.finish_reason,
-            }
-        ],
-        "usage": c.usage,
-    }
-
-
-def _chunk(c: Completion, choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
-    """One `chat.completion.chunk` object."""
-    return {
-        "id": c.id,
-        "object": "chat.completion.chunk",
-        "created": c.created,
-        "model": c.model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": choices,
-        "usage": usage,
-    }
-
-
-def _choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-    """The single streamed choice."""
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-
-
-def _content_event(c: Completion, token: str, clock: Callable[[], float]) -> Emit:
-    """A content chunk whose `sim_ts` is taken when it is sent."""
-    # Serialise everything but the timestamp once; splice the time in at emission.
-    head = sse(_chunk(c, [_choice({"content": token})]))[: -len(b"}\n\n")]
-    return Emit(lambda: head + b',"sim_ts":' + repr(clock()).encode() + b"}\n\n")
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    """Per-request stream shaping taken from directives and settings."""
-
-    ttft_s: float
-    chunk_s: float
-    include_usage: bool
-    role_chunk: str
-    keepalive: bool
-    fault: Fault | None
-
-
-def stream_events(
-    c: Completion, opts: StreamOptions, clock: Callable[[], float]
-) -> Iterator[Event]:
-    """The SSE events of a streamed completion, including any mid-stream fault."""
-    if opts.keepalive:
-        yield Emit(KEEPALIVE)
-    if opts.ttft_s > 0:
-        yield Sleep(opts.ttft_s)
-    if opts.role_chunk != "none":
-        delta: dict[str, str] = {"role": "assistant"}
-        if opts.role_chunk != "bare":
-            delta["content"] = ""
-        yield Emit(sse(_chunk(c, [_choice(delta)])))
-    fault = opts.fault
-    fault_at = min(fault.n, len(c.tokens)) if fault else -1
-    for i, token in enumerate([*c.tokens, None]):
-        if i == fault_at and fault is not None:
-            if fault.kind == "error_after":
-                yield Emit(sse(error_body(MID_STREAM_ERROR_MESSAGE, "server_error")))
-                yield End()
-                return
-            if fault.kind == "drop_after":
-                yield Drop()
-                return
-            if fault.kind == "cut_after":
-                yield End()
-                return
-            if fault.kind == "stall_after":
-                yield Sleep(fault.stall_s)
-        if token is None:
-            break
-        if i > 0:
-            if opts.chunk_s > 0:
-                yield Sleep(opts.chunk_s)
-            if opts.keepalive:
-                yield Emit(KEEPALIVE)
-        yield _content_event(c, token, clock)
-    yield Emit(sse(_chunk(c, [_choice({}, c.finish_reason)])))
-    if opts.include_usage:
-        yield Emit(sse(_chunk(c, [], c.usage)))
-    yield Emit(DONE)
-    yield End()
-
-
-STREAM_HEADERS = [
-    ("content-type", "text/event-stream; charset=utf-8"),
-    ("cache-control", "no-cache"),
-]
-
-
-# --- moderations ---------------------------------------------------------------------------
-
-
-def moderation_result(text: str) -> dict[str, Any]:
-    """The moderation verdict for one input, following the documented marker rules."""
-    flagged_categories = {m.group(1).lower() for m in _FLAG_RE.finditer(text)}
-    if _FLAGME_RE.search(text):
-        flagged_categories.add("violence")
-    flagged_categories &= set(MODERATION_CATEGORIES)
-    return {
-        "flagged": bool(flagged_categories),
-        "categories": {name: name in flagged_categories for name in MODERATION_CATEGORIES},
-        "category_scores": {
-            name: FLAGGED_SCORE if name in flagged_categories else UNFLAGGED_SCORE
-            for name in MODERATION_CATEGORIES
-        },
-        "category_applied_input_types": {name: ["text"] for name in MODERATION_CATEGORIES},
-    }
-
-
-def moderation_inputs(body: Any) -> list[str]:
-    """The input strings of a moderation request."""
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    value = body.get("input")
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return value
-    raise BadRequest("'input' must be a string or a list of strings", "input")
-
-
-# --- the simulator -------------------------------------------------------------------------
 
 
 @dataclass
@@ -647,7 +200,7 @@ class Simulator:
 
     settings: SimSettings = field(default_factory=SimSettings)
     clock: Callable[[], float] = time.time
-    fault_counts: dict[str, int] = field(default_factory=dict)
+    fault_counts: FaultCounts = field(default_factory=FaultCounts)
     requests_seen: int = 0
 
     def handle(self, method: str, path: str, body: bytes) -> Plan:
@@ -680,22 +233,13 @@ class Simulator:
 
     def take_fault(self, text: str, directives: Mapping[str, str]) -> Fault | None:
         """The fault requested by directives, honouring and updating the `times` budget."""
-        kind = directives.get("fault")
-        if kind not in FAULT_KINDS:
+        fault = fault_of(directives)
+        if fault is None:
             return None
-        times = _int(directives.get("times"))
-        if times is not None:
-            key = directive_key(text)
-            seen = self.fault_counts.get(key, 0) + 1
-            self.fault_counts[key] = seen
-            if seen > times:
-                return None
-        return Fault(
-            kind=kind,
-            n=max(_int(directives.get("n")) or 0, 0),
-            stall_s=_float(directives.get("stall_s"), DEFAULT_STALL_S),
-            retry_after_ms=_retry_after_ms(directives.get("retry_after_ms")),
-        )
+        times = times_of(directives)
+        if times is not None and self.fault_counts.count(text) > times:
+            return None
+        return fault
 
     def _new_id(self, prefix: str, body: bytes) -> str:
         """An id unique per request of this instance and reproducible across runs."""
@@ -717,14 +261,16 @@ class Simulator:
                 "Unrecognized request argument supplied: stream_options",
                 "invalid_request_error",
             )
-        completion = build_completion(
+        completion = completions.build_completion(
             request, directives, prompt, self._new_id("chatcmpl", raw), int(self.clock())
         )
-        ttft_s = _float(directives.get("ttft_ms"), self.settings.ttft_ms) / 1000
-        chunk_s = _float(directives.get("chunk_ms"), self.settings.chunk_ms) / 1000
+        ttft_s = delay_s(directives.get("ttft_ms"), self.settings.ttft_ms)
+        chunk_s = delay_s(directives.get("chunk_ms"), self.settings.chunk_ms)
         if not request.stream:
-            delay = ttft_s + chunk_s * len(completion.tokens)
-            return json_plan(200, completion_object(completion), delay=delay)
+            # The body's length goes in the headers: make it now, at most max_tokens tokens.
+            content = "".join(completion.tokens)
+            delay = ttft_s + chunk_s * completion.sent
+            return json_plan(200, completion_object(completion, content), delay=delay)
         opts = StreamOptions(
             ttft_s=ttft_s,
             chunk_s=chunk_s,
@@ -736,7 +282,7 @@ class Simulator:
         return Plan(
             status=200,
             headers=list(STREAM_HEADERS),
-            events=stream_events(completion, opts, self.clock),
+            events=completions.stream_events(completion, opts, self.clock),
             streaming=True,
         )
 
@@ -744,14 +290,14 @@ class Simulator:
         """Plan a moderation response (or an HTTP fault named in an input)."""
         body = self._decode(raw)
         inputs = moderation_inputs(body)
-        delay_s = 0.0
+        wait_s = 0.0
         for text in inputs:
             _, directives = parse_directives(text)
             fault = self.take_fault(text, directives)
             early = fault_plan(fault) if fault else None
             if early is not None:
                 return early
-            delay_s = max(delay_s, _float(directives.get("ttft_ms"), 0.0) / 1000)
+            wait_s = max(wait_s, delay_s(directives.get("ttft_ms"), 0.0))
         model = body.get("model") or "omni-moderation-latest"
         return json_plan(
             200,
@@ -760,7 +306,7 @@ class Simulator:
                 "model": model,
                 "results": [moderation_result(text) for text in inputs],
             },
-            delay=delay_s,
+            delay=wait_s,
         )
 
     def _models(self, _raw: bytes) -> Plan:

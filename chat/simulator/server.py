@@ -20,16 +20,8 @@ import logging
 from collections.abc import Iterable
 from http import HTTPStatus
 
-from chat.simulator.script import (
-    Drop,
-    Emit,
-    End,
-    Plan,
-    SimSettings,
-    Simulator,
-    Sleep,
-    error_plan,
-)
+from chat.simulator.plan import Drop, Emit, End, Plan, Sleep, error_plan
+from chat.simulator.script import SimSettings, Simulator
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +142,17 @@ class Connection:
             await asyncio.Event().wait()
 
     async def _write_plan(self, plan: Plan, keep_alive: bool) -> bool:
+        """Write status, headers and events; False if the connection must be dropped.
+        However it ends (the client leaving cancels it), the plan is closed: no later
+        event is made."""
+        try:
+            return await self._write_events(plan, keep_alive)
+        finally:
+            close = getattr(plan.events, "close", None)
+            if close is not None:
+                close()
+
+    async def _write_events(self, plan: Plan, keep_alive: bool) -> bool:
         """Write status, headers and events; False if the connection must be dropped."""
         writer = self.writer
         writer.write(status_head(plan, keep_alive))

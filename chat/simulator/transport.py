@@ -24,7 +24,8 @@ from typing import Any
 import httpx2
 import openai
 
-from chat.simulator.script import Drop, Emit, End, Event, Plan, SimSettings, Simulator, Sleep
+from chat.simulator.plan import Drop, Emit, End, Event, Plan, Sleep
+from chat.simulator.script import SimSettings, Simulator
 
 SIM_BASE_URL = "http://simulator.invalid/v1"
 YIELD_EVERY = 64

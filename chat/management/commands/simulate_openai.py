@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from chat.simulator import SimSettings, serve
+from chat.simulator.limits import MAX_DELAY_MS
 
 
 class Command(BaseCommand):
@@ -20,8 +21,16 @@ class Command(BaseCommand):
         defaults = SimSettings()
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8100, help="0 picks a free port")
-        parser.add_argument("--chunk-ms", type=float, default=defaults.chunk_ms)
-        parser.add_argument("--ttft-ms", type=float, default=defaults.ttft_ms)
+        limit = f"in ms (at most {MAX_DELAY_MS:,.0f})"
+        parser.add_argument(
+            "--chunk-ms",
+            type=float,
+            default=defaults.chunk_ms,
+            help=f"delay between tokens, {limit}",
+        )
+        parser.add_argument(
+            "--ttft-ms", type=float, default=defaults.ttft_ms, help=f"delay to first token, {limit}"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         settings = SimSettings(chunk_ms=options["chunk_ms"], ttft_ms=options["ttft_ms"])
