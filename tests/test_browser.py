@@ -7,6 +7,7 @@ Screenshots of the main states are written to `docs/screenshots/` when
 `UPDATE_SCREENSHOTS=1` (to a temporary directory otherwise, so a normal run leaves the
 tree alone)."""
 
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -447,3 +448,219 @@ async def test_a_phone_in_dark_mode_gets_the_list_as_a_drawer(
     await shot(page, "phone-dark", shots)
     await page.click("#sidebar-toggle")
     await expect(page.locator("#sidebar")).to_be_in_viewport()
+
+
+async def test_simulator_directives_are_a_chip_only_where_the_simulator_answers(
+    browsing: Browsing, alice_api: Session, deployment: Deployment
+):
+    """embedded answers with the in-process simulator: a directive is shown as a chip.
+    redis-postgres talks to an upstream through OPENAI_BASE_URL: for the app that is a
+    real model, so the directive is ordinary text that co-members must see as typed
+    (and the first prompt names the conversation with it)."""
+    from playwright.async_api import expect
+
+    conv = await alice_api.create_conversation("New conversation")
+    page = await browsing.user("alice", path=f"/c/{conv}/")
+    prompt = "Count to 3 [[sim chunk_ms=1]]"
+    await send(page, prompt)
+    await wait_status(page, "complete")
+    mine = page.locator(".message[data-role=user]").last.locator(".content")
+    if deployment.name == "embedded":
+        await expect(mine.locator(".sim-directive")).to_have_attribute(
+            "title", "[[sim chunk_ms=1]]"
+        )
+        await expect(page.locator("#conversation-title")).to_have_text("Count to 3")
+    else:
+        await expect(mine).to_have_text(prompt)
+        await expect(mine.locator(".sim-directive")).to_have_count(0)
+        await expect(page.locator("#conversation-title")).to_have_text(prompt)
+
+
+@embedded_only
+async def test_viewers_are_not_offered_report_and_members_are(
+    browsing: Browsing, alice_api: Session
+):
+    from playwright.async_api import expect
+
+    conv = await alice_api.create_conversation("Reports", {"bob": "member", "carol": "viewer"})
+    bob = await browsing.user("bob", path=f"/c/{conv}/")
+    await send(bob, "Count to 3")
+    await wait_status(bob, "complete")
+    await expect(bob.locator(".message .report-button")).to_have_count(2)
+    for button in await bob.locator(".message .report-button").all():
+        await expect(button).to_be_visible()
+    carol = await browsing.user("carol", path=f"/c/{conv}/")
+    await wait_status(carol, "complete")
+    await expect(carol.locator(".message")).to_have_count(2)
+    await expect(carol.locator(".message .report-button:visible")).to_have_count(0)
+
+
+class RoutedSockets:
+    """The page's websockets through Playwright's router: each still talks to the real
+    server, and the test can close one from the server's side with any code (codes a
+    test server cannot be made to send on demand: restart, Redis down, frame too big)."""
+
+    def __init__(self) -> None:
+        self.routes: list = []
+        self._live: list = []  # per socket: an asyncio.Event set by its first snapshot
+
+    async def install(self, page) -> None:
+        await page.route_web_socket(re.compile(r"/ws/chat/"), self._route)
+        await page.reload()  # the router takes the sockets opened from now on
+
+    def _route(self, ws) -> None:
+        live = self._event(len(self.routes))
+        self.routes.append(ws)
+        server = ws.connect_to_server()
+        # The page's side closes with the test's code; the real socket just ends (a
+        # browser may not itself send 1009, 1012 or 1013).
+        ws.on_close(lambda code, reason: server.close())
+
+        def to_page(message) -> None:
+            ws.send(message)
+            is_object = isinstance(message, str) and message.startswith("{")
+            if is_object and json.loads(message).get("type") == "snapshot":
+                live.set()
+
+        server.on_message(to_page)
+
+    def _event(self, index: int):
+        import asyncio
+
+        while len(self._live) <= index:
+            self._live.append(asyncio.Event())
+        return self._live[index]
+
+    async def close_current(self, code: int) -> None:
+        await self.routes[-1].close(code=code, reason="test")
+
+    async def wait_live(self, n: int) -> None:
+        """Until the page's `n`-th socket has had its snapshot (the page is up to date
+        and its backoff reset)."""
+        import asyncio
+
+        async with asyncio.timeout(TIMEOUT_MS / 1000):
+            await self._event(n - 1).wait()
+
+
+async def pause_clock(page) -> None:
+    """Stop the page's clock (timers, Date) a second from now: from here on only the
+    test moves it, so "no timer fired" is certain rather than a matter of timing."""
+    now_ms = await page.evaluate("Date.now()")
+    await page.clock.pause_at((now_ms + 1000) / 1000)  # a number is Unix time in seconds
+
+
+async def expect_live(page) -> None:
+    from playwright.async_api import expect
+
+    await expect(page.locator("#connection-state")).to_have_attribute("data-state", "open")
+
+
+@pytest.fixture
+async def routed(browsing: Browsing, alice_api: Session):
+    """alice's page on a conversation, its sockets routed and its clock under the
+    test's control (it runs as usual until paused)."""
+    conv = await alice_api.create_conversation("Close codes")
+    page = await browsing.user("alice", path=f"/c/{conv}/")
+    await page.clock.install()
+    sockets = RoutedSockets()
+    await sockets.install(page)
+    await sockets.wait_live(1)
+    return page, sockets
+
+
+@embedded_only
+@pytest.mark.parametrize("code", [1012, 4012])
+async def test_a_restarting_server_1012_is_left_for_another_at_once(routed, code: int):
+    page, sockets = routed
+    await pause_clock(page)  # no timer fires from here on
+    await sockets.close_current(code)
+    await sockets.wait_live(2)
+    await expect_live(page)
+    await page.clock.resume()
+
+
+@embedded_only
+@pytest.mark.parametrize("code", [1013, 4013])
+async def test_an_unavailable_server_1013_is_retried_after_a_wait(routed, code: int):
+    from playwright.async_api import expect
+
+    page, sockets = routed
+    await pause_clock(page)
+    await sockets.close_current(code)
+    await expect(page.locator("#connection-detail")).to_contain_text("temporarily unavailable")
+    await page.clock.run_for(100)
+    assert len(sockets.routes) == 1
+    await expect(page.locator("#connection-state")).to_have_attribute("data-state", "reconnecting")
+    await page.clock.resume()
+    await sockets.wait_live(2)
+    await expect_live(page)
+
+
+@embedded_only
+async def test_a_frame_too_big_1009_is_said_and_the_page_reconnects(routed):
+    from playwright.async_api import expect
+
+    page, sockets = routed
+    for n, code in enumerate((1009, 4009), start=2):
+        await sockets.close_current(code)
+        await expect(page.locator("#notice")).to_contain_text("too big")
+        await sockets.wait_live(n)
+        await expect_live(page)
+    # A real oversized prompt (the server closes that socket itself) also goes back into
+    # the composer, as a refused prompt does.
+    huge = "x" * 300_000  # over WS_MAX_FRAME_BYTES (256 KiB)
+    await send(page, huge)
+    await sockets.wait_live(4)
+    await expect(page.locator("#composer")).to_have_value(huge)
+    await expect(page.locator("#notice")).to_contain_text("too big")
+
+
+@embedded_only
+async def test_a_4401_while_still_signed_in_reconnects(routed):
+    """A password change closes every socket of the user with 4401, and keeps the
+    session that made it signed in (with a new key): the page checks, and stays."""
+    from playwright.async_api import expect
+
+    page, sockets = routed
+    await sockets.close_current(4401)
+    await sockets.wait_live(2)
+    await expect_live(page)
+    await expect(page.locator(".login-link")).to_have_count(0)
+    await send(page, "Count to 3")
+    await expect(last_answer(page).locator(".content")).to_have_text("1, 2, 3")
+
+
+@embedded_only
+async def test_signing_out_in_another_tab_ends_in_the_signed_out_state(
+    browsing: Browsing, alice_api: Session
+):
+    from playwright.async_api import expect
+
+    conv = await alice_api.create_conversation("Signed out elsewhere")
+    page = await browsing.user("alice", path=f"/c/{conv}/")
+    await expect_live(page)
+    other_tab = await browsing.page(page.context, "alice-tab2")
+    await other_tab.goto(f"{browsing.server.url}/")
+    await other_tab.click("#logout-button")
+    link = page.locator("#connection-detail .login-link")
+    await expect(link).to_contain_text("signed out")
+    next_path = quote(f"/c/{conv}/", safe="")
+    await expect(link).to_have_attribute("href", f"/accounts/login/?next={next_path}")
+    await expect(page.locator("#connection-state")).to_have_attribute("data-state", "closed")
+    await expect(page.locator("#composer")).to_be_disabled()
+
+
+@embedded_only
+async def test_a_conversation_one_cannot_open_says_it_may_not_exist_or_not_be_yours(
+    browsing: Browsing, alice_api: Session
+):
+    from playwright.async_api import expect
+
+    conv = await alice_api.create_conversation("Not for dave")
+    for path in (f"/c/{conv}/", "/c/00000000-0000-4000-8000-000000000000/"):
+        page = await browsing.user("dave", path=path)
+        await expect(page.locator("#connection-detail")).to_contain_text(
+            "does not exist, or you are not a member of it"
+        )
+        await page.context.close()

@@ -19,16 +19,29 @@
     conversationId: readJSON("conversation-id", null) || null,
     wsPathTemplate: readJSON("ws-path-template", "/ws/chat/{id}/") || "/ws/chat/{id}/",
     username: readJSON("current-username", "") || "",
+    // Only the simulator reads `[[sim ...]]` directives; for a real model they are text.
+    usingSimulator: readJSON("using-simulator", false) === true,
   };
   const API = "/api/conversations/";
   const LOGIN_URL = "/accounts/login/";
   const DEFAULT_TITLE = "New conversation";
-  // Close codes after which reconnecting cannot help.
+  // Close codes after which reconnecting cannot help. At connect a non-member gets the
+  // same 4404 as a missing conversation (they must not learn whether it exists), so the
+  // page cannot tell them apart either; a socket that was live can.
+  const NO_SUCH_CONVERSATION = "This conversation does not exist, or you are not a member of it.";
   const FATAL_CLOSES = {
     4401: "You are signed out. Sign in again",
-    4403: "You are not a member of this conversation.",
-    4404: "This conversation does not exist (it may have been deleted).",
+    4403: NO_SUCH_CONVERSATION, // only an older server sends it at connect
+    4404: NO_SUCH_CONVERSATION,
   };
+  const FATAL_CLOSES_WHEN_LIVE = {
+    4403: "You are no longer a member of this conversation.",
+    4404: "This conversation was deleted.",
+  };
+  // A server that may not send 1009, 1012 or 1013 sends these instead, meaning the same.
+  const CLOSE_TWINS = { 4009: 1009, 4012: 1012, 4013: 1013 };
+  const UNAVAILABLE_ATTEMPT = 2;     // 1013: the first retry waits 1-2 s, then backs off
+  const SIGNED_IN_RECHECK_MS = 1500; // see stillSignedIn
   const ERROR_TEXT = {
     busy: "A reply is still being generated. Wait for it, or press Stop.",
     forbidden: "Your role in this conversation is read-only.",
@@ -37,6 +50,7 @@
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
   const COMPACT_SUBPROTOCOL = "livechat.compact";  // deltas as ["d", id, seq, text]
+  const SIM_DIRECTIVE = /\[\[sim\b[^\]]*\]\]/g;  // read by the simulator only
   const SYNC_RETRY_MS = 3000;        // a lost snapshot must not block syncing for ever
   const LIVENESS_TIMEOUT_MS = 5000;  // no answer to a probe in this long: reconnect
   const WAKE_TICK_MS = 5000;         // a tick this late means the machine slept
@@ -90,6 +104,8 @@
     dirty: new Set(), structureDirty: false, frame: 0,
     forceScroll: false, scrollOnSnapshot: false, scrollOnNextMessage: false,
     socket: null, connection: "closed", attempt: 0, retryTimer: 0, fatal: null,
+    live: false,             // the current socket has delivered its snapshot
+    lastPrompt: null,        // {socket, clientMsgId} of the last prompt sent
     syncRequestedAt: 0, probeTimer: 0, lastFrameAt: 0,
     pendingPrompts: new Map(), // client_msg_id -> text, to hand back a refused prompt
     stopTarget: null, regenerateTarget: null,
@@ -149,8 +165,13 @@
 
   function hideNotice(target) { target.hidden = true; }
 
+  // Owners and members may report; the server refuses viewers (403), so they are not
+  // offered it.
+  const canReport = () => state.role !== "viewer";
+
   // A member's report opens a moderation case for staff (POST .../report/).
   async function reportMessage(messageId) {
+    if (!canReport()) return;
     const reason = window.prompt("Why should staff review this message?");
     if (!reason || !reason.trim() || !state.conversationId) return;
     try {
@@ -347,6 +368,7 @@
       return;
     }
     state.socket = sock;
+    state.live = false;
     setConnection("connecting");
     // Each handler checks it still belongs to the current socket: an old one may fire late.
     sock.addEventListener("open", () => { if (sock === state.socket) setConnection("open"); });
@@ -362,27 +384,97 @@
     if (sock) sock.close(1000);
   }
 
+  // Each close code as README's table documents it; anything else reconnects.
   function onClose(event) {
+    const sock = state.socket;
+    const wasLive = state.live;
     state.socket = null;
+    state.live = false;
     clearTimeout(state.probeTimer);
     showViewers([]);
-    let reason = FATAL_CLOSES[event.code];
-    if (reason && state.loaded && event.code === 4403) {
-      reason = "You are no longer a member of this conversation.";
-    } else if (reason && state.loaded && event.code === 4404) {
-      reason = "This conversation was deleted.";
+    const code = CLOSE_TWINS[event.code] || event.code;
+    switch (code) {
+      case 4401: checkSignedIn(); break;
+      case 4403: case 4404: endConversation(code, wasLive); break;
+      case 1012: reconnectAtOnce("The server is restarting"); break;
+      case 1013:
+        state.attempt = Math.max(state.attempt, UNAVAILABLE_ATTEMPT);
+        scheduleReconnect("The server is temporarily unavailable");
+        break;
+      case 1009: frameTooBig(sock); break;
+      case 4429: // too many sockets or frames for this account: come back slowly
+        state.attempt = Math.max(state.attempt, 4);
+        scheduleReconnect("Too many open connections");
+        break;
+      default: scheduleReconnect();
     }
-    if (reason) {
-      state.fatal = reason;
-      if (!state.loaded) setTitle(event.code === 4401 ? "Signed out" : "Conversation unavailable");
-      setConnection("closed", reason, event.code === 4401);
-      updateHeader();
-      scheduleRender();
-      if (event.code !== 4401) refreshListSoon(0); // it is gone from our list too
-    } else {
-      // 4429: too many sockets or frames for this account; come back slowly.
-      if (event.code === 4429) state.attempt = Math.max(state.attempt, 4);
-      scheduleReconnect(event.code === 4429 ? "Too many open connections" : "");
+  }
+
+  // 4403, 4404 and a confirmed 4401: the conversation stays closed, saying why.
+  function endConversation(code, wasLive = false) {
+    const reason = (wasLive && FATAL_CLOSES_WHEN_LIVE[code]) || FATAL_CLOSES[code];
+    state.fatal = reason;
+    if (!state.loaded) setTitle(code === 4401 ? "Signed out" : "Conversation unavailable");
+    setConnection("closed", reason, code === 4401);
+    updateHeader();
+    scheduleRender();
+    if (code !== 4401) refreshListSoon(0); // it is gone from our list too
+  }
+
+  // Without waiting, but once per working connection: until a snapshot resets it,
+  // `attempt` stays above 0, so a server that closes again at once (a proxy sending the
+  // page back to a process that is still draining) gets the usual backoff, not a loop.
+  function reconnectAtOnce(cause) {
+    if (state.attempt > 0) { scheduleReconnect(cause); return; }
+    state.attempt = 1;
+    connect();
+  }
+
+  // 1009: the server refused a frame as too big. Only a prompt can be (the others are
+  // a few bytes), so the last one sent on that socket goes back into the composer.
+  function frameTooBig(sock) {
+    const last = state.lastPrompt;
+    const text = last && last.socket === sock && state.pendingPrompts.get(last.clientMsgId);
+    if (text && !ui.composer.value) {
+      ui.composer.value = text;
+      autosize();
+    }
+    if (text) state.pendingPrompts.delete(last.clientMsgId);
+    showNotice(ui.notice, "That message was too big to send. Shorten it and try again.");
+    reconnectAtOnce("Connection lost");
+  }
+
+  // 4401 also closes the sockets of a session that stays signed in: after a password
+  // change the server closes every socket of the user and renews the changing
+  // session's key. Ask the API which it is before showing the signed-out state.
+  async function checkSignedIn() {
+    const id = state.conversationId;
+    setConnection("reconnecting", "Checking that you are still signed in…");
+    const signedIn = await stillSignedIn();
+    // Moved on meanwhile (another conversation, or a reconnect of its own): not ours.
+    if (id !== state.conversationId || state.socket || state.fatal) return;
+    if (signedIn === true) reconnectAtOnce("Connection lost");
+    else if (signedIn === false) endConversation(4401);
+    else scheduleReconnect(); // could not tell (offline, server error): try again later
+  }
+
+  // true, false, or null when it cannot be told. A 401 is asked again once, a moment
+  // later: the close can reach this page before the response that renews the session
+  // cookie (in this or another tab) does, and until then the old cookie is refused.
+  async function stillSignedIn() {
+    const first = await signedInNow();
+    if (first !== false) return first;
+    await new Promise((resolve) => { setTimeout(resolve, SIGNED_IN_RECHECK_MS); });
+    return signedInNow();
+  }
+
+  // One question to the API: 200 is signed in, 401 is not, anything else is unknown.
+  async function signedInNow() {
+    try {
+      await api("GET", API);
+      return true;
+    } catch (err) {
+      return err.status === 401 ? false : null;
     }
   }
 
@@ -515,6 +607,7 @@
 
   function applySnapshot(frame) {
     state.attempt = 0; // a working connection resets the backoff
+    state.live = true;
     state.syncRequestedAt = 0;
     clearTimeout(state.probeTimer);
     state.loaded = true;
@@ -703,7 +796,7 @@
     node.classList.toggle("redacted", redacted);
     node.classList.toggle("mine", m.role === "user" && m.author === config.username);
     node.setAttribute("aria-busy", String(streaming)); // screen readers wait for the final text
-    node.querySelector(".report-button").hidden = streaming || redacted;
+    node.querySelector(".report-button").hidden = streaming || redacted || !canReport();
 
     const meta = node.querySelector(".meta");
     const author = m.role === "assistant" ? "Assistant" : m.author || "(deleted user)";
@@ -767,9 +860,14 @@
   }
 
   // Simulator directives (`[[sim reply=...]]`) are long and unreadable: shown as a chip
-  // with the directive in its tooltip. Everything else is plain text.
-  const SIM_DIRECTIVE = /\[\[sim\b[^\]]*\]\]/g;
+  // with the directive in its tooltip. Only with the simulator, though: a real model
+  // reads them as part of the prompt, and a chip would hide that text from co-members.
+  // Everything else is plain text.
   function renderUserText(target, text) {
+    if (!config.usingSimulator) {
+      target.textContent = text;
+      return;
+    }
     const parts = [];
     let at = 0;
     for (const match of text.matchAll(SIM_DIRECTIVE)) {
@@ -899,6 +997,7 @@
     const first = state.loaded && !state.order.length;
     if (!send({ type: "prompt", content: text, client_msg_id: clientMsgId })) return;
     state.pendingPrompts.set(clientMsgId, text);
+    state.lastPrompt = { socket: state.socket, clientMsgId };
     const pending = state.pendingPrompts;
     if (pending.size > 20) pending.delete(pending.keys().next().value); // keep it bounded
     state.scrollOnNextMessage = true; // the sender wants to see their own message
@@ -913,7 +1012,8 @@
   function autoTitle(text) {
     const conv = state.conversation;
     if (state.role !== "owner" || !conv || conv.title !== DEFAULT_TITLE) return;
-    let title = text.replace(/\[\[sim[^\]]*\]\]/g, "").replace(/\s+/g, " ").trim();
+    const typed = config.usingSimulator ? text.replace(SIM_DIRECTIVE, "") : text;
+    let title = typed.replace(/\s+/g, " ").trim();
     if (!title) return;
     if (title.length > 60) title = `${title.slice(0, 57).trimEnd()}…`;
     const id = state.conversationId;
