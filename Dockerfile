@@ -34,5 +34,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
+# daphne with the websocket limits of the settings (chat/management/commands/serve.py);
 # -v 0: no per-request access lines (nginx logs requests); app logs stay JSON lines.
-CMD ["daphne", "-v", "0", "-b", "0.0.0.0", "-p", "8000", "project.asgi:application"]
+CMD ["python", "manage.py", "serve", "-v", "0", "-b", "0.0.0.0", "-p", "8000"]

@@ -17,12 +17,13 @@ $(BIN)/.installed: requirements-dev.lock
 install: $(BIN)/.installed
 
 # `make run` is a local dev server: debug on (unless set), so no secret key is required.
+# The demo users' passwords are published: they are made (and reset) only in debug.
 run: export DJANGO_DEBUG := $(or $(DJANGO_DEBUG),1)
 run: install
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py demo
+	$(BIN)/python manage.py demo --if-debug
 	@echo "Open http://$(HOST):$(PORT)/ and sign in with one of the accounts above."
-	$(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
+	$(BIN)/python manage.py serve -b $(HOST) -p $(PORT)
 
 test: install browser nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

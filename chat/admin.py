@@ -7,7 +7,8 @@ and `format_html`); nothing here marks text safe.
 
 import io
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -43,7 +44,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
-from chat import moderation, reports
+from chat import login, moderation, reports
 from chat.models import (
     AdminAccessLog,
     Conversation,
@@ -55,6 +56,9 @@ from chat.models import (
 
 State = ModerationCase.State
 Action = ModerationEvent.Action
+
+# The admin's sign-in form counts and refuses like the page's (chat/login.py).
+admin.site.login_form = login.LimitedAdminAuthenticationForm
 
 CONTEXT_BEFORE = 4  # messages shown before the reviewed one
 CONTEXT_AFTER = 2
@@ -69,9 +73,14 @@ def excerpt(text: str, chars: int = EXCERPT_CHARS) -> str:
 
 
 def record_access(
-    *, request: HttpRequest, conversations: Iterable[Conversation], action: str
+    *,
+    request: HttpRequest,
+    conversations: Iterable[Conversation],
+    action: str,
+    detail: str = "",
 ) -> None:
-    """Write who opened or exported which conversations, and when (AdminAccessLog)."""
+    """Write who saw which conversations' text, on which page, and when: one
+    AdminAccessLog entry per conversation (`detail`: the page's search term, if any)."""
     user = request.user
     AdminAccessLog.objects.bulk_create(
         AdminAccessLog(
@@ -81,8 +90,35 @@ def record_access(
             conversation_ref=str(conversation.pk),
             conversation_title=conversation.title[:200],
             action=action,
+            detail=detail[:200],
         )
         for conversation in conversations
+    )
+
+
+def record_listed(
+    *,
+    request: HttpRequest,
+    response: HttpResponse,
+    action: str,
+    conversation_of: Callable[[Any], Conversation],
+) -> None:
+    """Log a list page that shows message text: one entry per conversation among the rows
+    it shows, with its search term. Nothing for a response that is not the list (a
+    redirect, an action's own page): that page logs itself if it shows text."""
+    changelist = (getattr(response, "context_data", None) or {}).get("cl")
+    if changelist is None:
+        return
+    # The rows the template will show (evaluated once: the template reuses them).
+    shown = {}
+    for row in changelist.result_list:
+        conversation = conversation_of(row)
+        shown.setdefault(conversation.pk, conversation)
+    record_access(
+        request=request,
+        conversations=shown.values(),
+        action=action,
+        detail=changelist.query or "",
     )
 
 
@@ -374,7 +410,14 @@ class ModerationCaseAdmin(admin.ModelAdmin):
             "pending_count": counts.get(State.PENDING, 0),
             "first_flagged": first_flagged,
         }
-        return super().changelist_view(request, extra_context)
+        response = super().changelist_view(request, extra_context)
+        record_listed(
+            request=request,
+            response=response,
+            action=AdminAccessLog.Action.QUEUE,
+            conversation_of=lambda case: case.message.conversation,
+        )
+        return response
 
     # -- one case --
 
@@ -507,7 +550,11 @@ class ModerationCaseAdmin(admin.ModelAdmin):
                 text += f" {skipped} skipped: already decided (undo them one by one first)."
             self.message_user(request, text, messages.SUCCESS if decisions else messages.WARNING)
             return None
-        cases = queryset.select_related("message").order_by("created_at")
+        cases = list(queryset.select_related("message__conversation").order_by("created_at"))
+        shown = {c.message.conversation_id: c.message.conversation for c in cases}
+        record_access(
+            request=request, conversations=shown.values(), action=AdminAccessLog.Action.BULK
+        )
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -772,6 +819,29 @@ class MessageAdmin(admin.ModelAdmin):
     def text(self, obj: Message) -> str:
         return excerpt(obj.content, 80)
 
+    def changelist_view(self, request, extra_context=None):
+        """The message list (and its search) shows text: logged per conversation shown."""
+        response = super().changelist_view(request, extra_context)
+        record_listed(
+            request=request,
+            response=response,
+            action=AdminAccessLog.Action.LIST,
+            conversation_of=lambda message: message.conversation,
+        )
+        return response
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """One message's page shows its whole text: logged when the page is shown."""
+        response = super().change_view(request, object_id, form_url, extra_context)
+        message = (getattr(response, "context_data", None) or {}).get("original")
+        if message is not None:
+            record_access(
+                request=request,
+                conversations=[message.conversation],
+                action=AdminAccessLog.Action.MESSAGE,
+            )
+        return response
+
     def get_urls(self):
         usage = self.admin_site.admin_view(self.usage_view)
         return [path("usage/", usage, name="chat_usage"), *super().get_urls()]
@@ -799,9 +869,9 @@ class MessageAdmin(admin.ModelAdmin):
 class AdminAccessLogAdmin(admin.ModelAdmin):
     """Readable by superusers only; nobody can add, change or delete an entry."""
 
-    list_display = ["created_at", "username", "action", "conversation_link"]
+    list_display = ["created_at", "username", "action", "conversation_link", "detail"]
     list_filter = ["action", ("created_at", admin.DateFieldListFilter), "username"]
-    search_fields = ["username", "conversation_ref", "conversation_title"]
+    search_fields = ["username", "conversation_ref", "conversation_title", "detail"]
     actions = None
     date_hierarchy = "created_at"
 

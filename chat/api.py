@@ -22,6 +22,7 @@ from chat.text import clean_user_text
 log = logging.getLogger(__name__)
 
 STATUS_FOR_CODE = {"forbidden": 403, "not_found": 404, "busy": 409}
+VIEWERS_MAY_NOT_REPORT = "Viewers can read but not report messages."
 
 
 def _error(code: str, detail: str, status: int) -> JsonResponse:
@@ -46,13 +47,25 @@ def api_view(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
     return wrapper
 
 
+BODY_NOT_JSON = "The body is not valid JSON."
+BODY_TOO_DEEP = "The body is nested too deeply."
+BODY_NOT_OBJECT = "The body must be a JSON object."
+
+
 def _body(request: HttpRequest) -> dict[str, Any]:
+    """The request's JSON object (`{}` for an empty body), or `BadJson` (a 400 `bad_json`
+    whose detail says what was wrong): invalid JSON or UTF-8, nesting too deep to parse,
+    or JSON that is not an object."""
     try:
         data = json.loads(request.body or b"{}")
-    except ValueError:
-        raise ChatError("The body is not valid JSON.") from None
+    except ValueError:  # also UnicodeDecodeError: the body is not UTF-8
+        raise protocol.BadJson(BODY_NOT_JSON) from None
+    except RecursionError:
+        # A few kilobytes of `[` exhaust the parser's recursion limit: the client's
+        # mistake (or probe), not the server's.
+        raise protocol.BadJson(BODY_TOO_DEEP) from None
     if not isinstance(data, dict):
-        raise ChatError("The body must be a JSON object.")
+        raise protocol.BadJson(BODY_NOT_OBJECT)
     return data
 
 
@@ -190,9 +203,11 @@ def member(request: HttpRequest, conversation_id: uuid.UUID, username: str) -> H
 @require_http_methods(["POST"])
 @api_view
 def report(request: HttpRequest, conversation_id: uuid.UUID, message_id: str) -> JsonResponse:
-    """Any member reports a message for staff review: `{"reason": str}` -> 201, or 200
-    with their earlier report of the same message."""
-    _membership(request, conversation_id)
+    """The owner or a member reports a message for staff review: `{"reason": str}` ->
+    201, or 200 with their earlier report of the same message. Viewers are read-only:
+    403."""
+    if not _membership(request, conversation_id).can_write:
+        raise Forbidden(VIEWERS_MAY_NOT_REPORT)
     reason = _body(request).get("reason")
     if not isinstance(reason, str):
         raise moderation.BadReport("reason must be a string.")

@@ -17,6 +17,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY
 
 from chat import (
     direct_send,
@@ -33,7 +34,6 @@ from chat import (
     services,
     snapshots,
 )
-from chat.announcer import get_announcer
 from chat.db import db
 from chat.exceptions import (
     BadFrame,
@@ -54,6 +54,7 @@ from chat.protocol import (
     CLOSE_NOT_SIGNED_IN,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
+    fallback_close_code,
 )
 from chat.streaming import StreamRequest
 
@@ -76,17 +77,39 @@ except ImportError:  # served by another ASGI server
 class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
     """One open socket on `/ws/chat/<conversation_id>/`."""
 
+    socket: direct_send.Socket | None = None
+
     conversation_id: uuid.UUID
     membership: Membership | None = None
     joined = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        # Whatever ends this socket (a close, a crash in a handler, a cancellation by the
+        # server) runs its cleanup: a socket that left without it would stay counted
+        # among its user's connections and in presence.
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception as exc:
+            if "base_send" in vars(self):
+                raise  # a handler failed: the server logs it and closes with 1011
+            # The channel layer could not give this socket a channel (Redis is down):
+            # accept, then close with "try again later", as a refusal after accept.
+            log.warning("connect failed, channel layer unavailable: %r", exc)
+            await _refuse_before_start(receive, send)
+        finally:
+            await self._cleanup()
 
     async def send(self, text_data=None, bytes_data=None, close=False) -> None:
         # A group event can be handled after the peer has gone but before the server's
         # disconnect event reaches this consumer: that frame has no one to go to.
         try:
             if text_data is not None and not close:
-                # Every delta to every viewer comes through here: straight to the
-                # server, without the two generic layers of Channels' `send`.
+                # Under daphne, written to the connection itself: autobahn would refuse a
+                # message over daphne's cap (WS_MAX_FRAME_BYTES, meant for what clients
+                # send) in this direction too, and a snapshot can be bigger.
+                if self.socket is not None and self.socket.write(direct_send.prepare(text_data)):
+                    return
+                # Straight to the server, without the two generic layers of Channels' `send`.
                 await self.base_send({"type": "websocket.send", "text": text_data})
             else:
                 await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
@@ -94,10 +117,7 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
             log.debug("frame dropped: the socket closed first")
 
     async def close(self, code=None, reason=None) -> None:
-        try:
-            await super().close(code=code, reason=reason)
-        except SOCKET_GONE:
-            log.debug("close skipped: the socket closed first")
+        await _close(self.base_send, code, reason)
 
     async def connect(self) -> None:
         lifecycle.ensure_started()
@@ -113,7 +133,7 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         compact = protocol.COMPACT_SUBPROTOCOL in self.scope.get("subprotocols", ())
         self.delta_form = group_events.COMPACT if compact else group_events.LONG
         await self.accept(subprotocol=protocol.COMPACT_SUBPROTOCOL if compact else None)
-        self.write_frame = direct_send.writer_for(self.base_send)
+        self.socket = direct_send.socket_for(self.base_send)
         logs.connection_id.set(self.channel_name.rsplit("!", 1)[-1][-12:])
         if drain.is_draining():
             await self.close(code=drain.CLOSE_SERVICE_RESTART)
@@ -123,12 +143,11 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
             return
         self.user = user
         self.frames = limits.TokenBucket(settings.WS_FRAMES_PER_SECOND, settings.WS_FRAME_BURST)
-        self.membership = await db(selectors.membership_get)(
-            conversation_id=self.conversation_id, user=user
-        )
+        self.membership = await db(self._connect_access)()
         if self.membership is None:
-            exists = await db(selectors.conversation_exists)(conversation_id=self.conversation_id)
-            await self.close(code=CLOSE_NOT_MEMBER if exists else CLOSE_NO_CONVERSATION)
+            # The same answer whether the conversation exists or not: its id is not
+            # probeable (the API answers 404 alike).
+            await self.close(code=CLOSE_NO_CONVERSATION)
             return
         if await self._over_connection_limit():
             return
@@ -166,7 +185,14 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
             log.warning("presence update failed: %r", exc)
 
     async def disconnect(self, code: int) -> None:
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        """Take this socket out of the hub, presence, its user's connection count and
+        user group; once, whatever ended it."""
         _live_consumers.discard(self)
+        if self._catching_up is not None:
+            self._catching_up.cancel()
         if not self.joined:
             return
         self.joined = False
@@ -175,7 +201,7 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         conversation_id, user_id = str(self.conversation_id), self.user.pk
         for step in (
             lambda: get_hub().leave(self.group, self),
-            lambda: presence.leave(conversation_id, self.channel_name),
+            lambda: presence.leave(conversation_id, self.channel_name, self.user.username),
             self._announce_presence,
             lambda: limits.connection_close(user_id, self.channel_name),
             lambda: self.channel_layer.group_discard(fanout.user_group(user_id), self.channel_name),
@@ -202,7 +228,7 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         if len(text_data) * 4 > settings.WS_MAX_FRAME_BYTES and (
             len(text_data.encode("utf-8", "surrogatepass")) > settings.WS_MAX_FRAME_BYTES
         ):
-            await self.close(code=CLOSE_TOO_BIG)
+            await self._refuse(CLOSE_TOO_BIG, "frame over WS_MAX_FRAME_BYTES")
             return
         client_msg_id = _peek_client_msg_id(text_data)
         try:
@@ -229,7 +255,9 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         if membership is None:
             return
         if isinstance(frame, protocol.SyncFrame):
-            await self.send_snapshot()
+            # At most one snapshot pending per socket: sent once the peer has read what
+            # waits for it, however many times it asks meanwhile.
+            self.owe_snapshot()
             return
         if not membership.can_write:
             raise Forbidden(VIEWERS_MAY_NOT_WRITE)
@@ -299,9 +327,19 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         removed, accounts are deactivated and sessions end while sockets stay open."""
         return await self._admit(*await db(self._frame_access)())
 
+    def _connect_access(self) -> Membership | None:
+        """The membership this socket starts with; notes the auth hash its session was
+        signed in with, which every later frame checks against the user's password."""
+        session = self.scope.get("session")
+        self.session_hash = session.get(HASH_SESSION_KEY) if session is not None else None
+        return selectors.membership_get(conversation_id=self.conversation_id, user=self.user)
+
     def _frame_access(self) -> tuple[bool, Membership | None]:
         return selectors.frame_access(
-            session=self.scope.get("session"), conversation_id=self.conversation_id, user=self.user
+            session=self.scope.get("session"),
+            session_hash=self.session_hash,
+            conversation_id=self.conversation_id,
+            user=self.user,
         )
 
     async def _admit(self, signed_in: bool, membership: Membership | None) -> Membership | None:
@@ -353,30 +391,30 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
             await self._refuse(code, "process draining")
 
     async def refresh_liveness(self) -> None:
-        """Keep this socket counted among its user's connections."""
+        """Keep this socket counted among its user's connections and in presence."""
         if self.joined:
             await limits.connection_refresh(self.user.pk, self.channel_name)
+            await presence.refresh(str(self.conversation_id), self.channel_name, self.user.username)
 
     async def _refuse(self, code: int, why: str) -> None:
         """Close this socket and stop its group deliveries at once."""
         log.info("closing socket of user %s on %s: %s", self.user.pk, self.conversation_id, why)
-        await self.disconnect(code)
+        await self._cleanup()
         await self.close(code=code)
 
     # ---- server frames ------------------------------------------------------------
 
     async def send_snapshot(self) -> None:
         frame = await snapshots.build(self.membership)
-        self.sent_seq.update(snapshots.streaming_seqs(frame))
+        self.sent_seq.update(snapshots.shown_seqs(frame))
         await self.send(text_data=protocol.dumps(frame))
         metrics.frames_sent.inc()
 
     async def _announce_presence(self, *, joined: bool = False) -> None:
-        announcer = get_announcer(_publish_presence, settings.PRESENCE_INTERVAL_MS / 1000)
-        if not await announcer.changed(str(self.conversation_id)) and joined:
+        if not await presence.announce(str(self.conversation_id)) and joined:
             # The broadcast waits for the end of the interval; a page that just joined
             # shows who is here at once.
-            await self.send(text_data=await _presence_frame_text(str(self.conversation_id)))
+            await self.send(text_data=await presence.frame_text(str(self.conversation_id)))
 
     async def _send_error(self, error: ChatError, *, client_msg_id: str | None = None) -> None:
         await self.send(
@@ -384,14 +422,35 @@ class ChatConsumer(GroupEvents, AsyncWebsocketConsumer):
         )
 
 
-async def _presence_frame_text(conversation_id: str) -> str:
-    viewers = await presence.viewers(conversation_id)
-    return protocol.dumps({"type": "presence", "viewers": viewers})
+async def _close(send, code: int | None, reason: str | None = None) -> None:
+    """Close a socket with `code`. The codes daphne refuses to send (1009, 1012, 1013)
+    go through its internals when they are on; otherwise, where the server refuses one,
+    its twin from the private range (4009, 4012, 4013) carries the same meaning."""
+    socket = direct_send.socket_for(send)
+    if socket is not None and code is not None:
+        socket.close(code)
+        return
+    message = {"type": "websocket.close", "code": code or 1000}
+    if reason:
+        message["reason"] = reason
+    try:
+        await send(message)
+    except SOCKET_GONE:
+        log.debug("close skipped: the socket closed first")
+    except Exception:
+        fallback = fallback_close_code(code)
+        if fallback is None:
+            raise
+        await send({"type": "websocket.close", "code": fallback})
 
 
-async def _publish_presence(conversation_id: str) -> None:
-    text = await _presence_frame_text(conversation_id)
-    await fanout.publish(conversation_id, {"type": "chat.frame", "text": text})
+async def _refuse_before_start(receive, send) -> None:
+    """Answer a handshake the consumer could not take on: accept, then close 1013."""
+    message = await receive()
+    if message.get("type") != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    await _close(send, CLOSE_TRY_AGAIN_LATER)
 
 
 def _peek_client_msg_id(text: str) -> str | None:

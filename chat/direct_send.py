@@ -1,47 +1,126 @@
-"""Fan-out frames go from the event straight to the socket under daphne.
+"""The project's one reach into daphne's, autobahn's and Twisted's internals.
 
-Two costs per frame to every viewer that the fan-out does not need to pay:
+Everything here is reached past the servers' public API, so it is checked at import
+(`AVAILABLE`: the attributes it uses exist and the installed versions are within
+`VERSION_BOUNDS`, which pyproject.toml repeats), can be turned off (`DAPHNE_INTERNALS=0`),
+and says at startup which path runs (`describe`). Nothing else touches these names.
 
-* **Framing per socket.** Through ASGI, each `websocket.send` is encoded to UTF-8 and
-  framed by autobahn once per socket, through daphne's `handle_reply` and four layers
-  of autobahn's `sendMessage`. A group event's frame is the same for every socket, so
-  `prepare` frames it once (autobahn's `PreparedMessage`, its own broadcast helper) and
-  `writer_for` gives a consumer a function that writes those bytes to its connection.
-* **The reactor's deferred write.** Twisted's TCP transport never writes inside
-  `write()`: it queues the bytes, registers the socket for writability (an
-  `epoll_ctl`), sends on the reactor's next turn and unregisters (another
-  `epoll_ctl`). That folds an HTTP response's headers and body into one send; for the
-  fan-out it folds nothing, since each socket gets one frame per event. `install`
-  makes an open websocket's transport hand a frame to `send()` at once when nothing is
-  queued before it; what the kernel does not take (a full socket buffer) and any error
-  go the queued way, which keeps the order of bytes, back-pressure and Twisted's
-  handling of a lost connection as they were. Frames are written whole (header and
-  payload in one write) with Nagle off (autobahn's `tcpNoDelay`), so nothing is split.
+For a websocket under daphne, `socket_for(send)` gives a `Socket` that
+* writes a frame prepared once per event (`prepare`) straight to the connection,
+  skipping the per-socket UTF-8 encoding and framing of ASGI's `websocket.send`;
+* tells how many bytes wait unsent for the peer (`unsent`), so a peer that stops
+  reading can be held to a bound (WS_MAX_UNSENT_BYTES) instead of growing the process;
+* closes with a code autobahn's `sendClose` refuses from a server (`close`): 1009,
+  1012 and 1013, which the protocol promises and browsers understand.
 
-Anything else (another ASGI server, a closing socket, a queue autobahn keeps for itself)
-takes the ordinary ASGI path. bench/REPORT.md has the measurements.
+`install` also makes an open websocket's TCP transport send a frame at once when
+nothing is queued before it (Twisted otherwise queues every write until the reactor's
+next turn, two `epoll_ctl` calls per frame), and makes autobahn close a connection that
+broke the protocol (a message over daphne's size cap) with its close code instead of
+dropping it (its `failByDrop`), so an oversized frame ends with 1009 either way.
+
+With the internals off or unavailable, `socket_for` answers None and callers take the
+ASGI path: frames through `websocket.send`, closes through `websocket.close` (where
+daphne refuses 1009/1012/1013 the caller uses 4009/4012/4013), no unsent-bytes bound.
 """
 
 import functools
-from collections.abc import Callable
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+log = logging.getLogger(__name__)
+
+# The releases this module was written and tested against (pyproject.toml says the same).
+VERSION_BOUNDS = {
+    "daphne": ((4, 2, 2), (4, 3)),
+    "autobahn": ((24, 4), (27,)),
+    "twisted": ((24, 3), (27,)),
+}
 
 try:
     from autobahn.websocket.protocol import PreparedMessage
+    from autobahn.websocket.protocol import WebSocketProtocol as _Autobahn
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.internet import tcp
 except ImportError:  # served by another ASGI server
     WebSocketProtocol = None
 
 
-def install() -> bool:
-    """Make daphne's open websockets write at once; False when not under daphne."""
+def _release(package: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version(package).split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def _self_check() -> str | None:
+    """Why the internals cannot be used here, or None when they can."""
     if WebSocketProtocol is None:
+        return "daphne is not installed"
+    for package, (low, high) in VERSION_BOUNDS.items():
+        try:
+            found = _release(package)
+        except PackageNotFoundError:
+            return f"{package} is not installed"
+        if not low <= found < high:
+            return f"{package} {'.'.join(map(str, found))} is outside the tested range"
+    # Class-level names; the instance attributes they go with (the transport's queue,
+    # the protocol's state) come with the same releases, which the bounds above pin.
+    needed = (
+        (WebSocketProtocol, ("onOpen", "STATE_OPEN", "sendCloseFrame", "transport")),
+        (tcp.Connection, ("write", "dataBuffer", "offset", "connected", "disconnecting")),
+        (PreparedMessage, ("__init__",)),
+    )
+    for owner, names in needed:
+        missing = [name for name in names if not hasattr(owner, name)]
+        if missing:
+            return f"{owner.__name__} lacks {', '.join(missing)}"
+    if "failByDrop" not in getattr(_Autobahn, "CONFIG_ATTRS_COMMON", ()):
+        return "autobahn's protocol has no failByDrop option"
+    return None
+
+
+UNAVAILABLE_BECAUSE = _self_check()
+AVAILABLE = UNAVAILABLE_BECAUSE is None
+_enabled = False
+
+
+def enabled() -> bool:
+    """Whether this process uses the internals (installed, and not turned off)."""
+    return _enabled
+
+
+def describe() -> str:
+    """The startup log's line about this module."""
+    from django.conf import settings
+
+    if _enabled:
+        return (
+            "daphne internals on: frames written straight to sockets, close codes "
+            "1009/1012/1013, unsent bytes per socket bounded"
+        )
+    if not settings.DAPHNE_INTERNALS:
+        return "daphne internals off (DAPHNE_INTERNALS=0): the ASGI path only"
+    return f"daphne internals off ({UNAVAILABLE_BECAUSE}): the ASGI path only"
+
+
+def install() -> bool:
+    """Hook daphne's websockets (once per process) when the internals are on."""
+    global _enabled
+    from django.conf import settings
+
+    if not (AVAILABLE and settings.DAPHNE_INTERNALS):
         return False
+    _enabled = True
     if getattr(WebSocketProtocol, "_writes_at_once", False):
         return True
     opened = WebSocketProtocol.onOpen
 
     def onOpen(self) -> None:
+        # A protocol violation (a message over daphne's cap) closes with its code, 1009
+        # for a big message, rather than dropping the connection without one.
+        self.failByDrop = False
         write_at_once_on(self.transport)
         opened(self)
 
@@ -55,6 +134,11 @@ def write_at_once_on(transport: object) -> None:
     websocket writes to the TLS layer, whose records reach the TCP transport queued."""
     if isinstance(transport, tcp.Connection) and "write" not in vars(transport):
         transport.write = functools.partial(write_at_once, transport)
+
+
+def _queued(transport) -> int:
+    """Bytes Twisted holds for the transport, not yet handed to the kernel."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 def write_at_once(transport, data: bytes) -> None:
@@ -87,26 +171,48 @@ def prepare(text: str) -> bytes:
     ).payloadHybi
 
 
-FrameWriter = Callable[[bytes], bool]
+class Socket:
+    """A daphne websocket's connection, for the consumer that owns it."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol) -> None:
+        self._protocol = protocol
+
+    def write(self, frame: bytes) -> bool:
+        """Write a `prepare`d frame; False when it cannot go this way now (not open, or
+        autobahn keeps a queue of its own): the caller then sends through ASGI, which
+        raises or queues as it always has."""
+        protocol = self._protocol
+        if protocol.state != WebSocketProtocol.STATE_OPEN or protocol.send_queue:
+            return False
+        protocol.transport.write(frame)
+        return True
+
+    def unsent(self) -> int:
+        """Bytes written to this socket that the peer has not taken yet (beyond what the
+        kernel's buffer holds)."""
+        transport = self._protocol.transport
+        if not isinstance(transport, tcp.Connection):
+            return 0  # TLS in daphne itself: not measured
+        return _queued(transport)
+
+    def close(self, code: int) -> bool:
+        """Send a close frame with `code` (any code, 1009/1012/1013 included); False when
+        the socket is not open."""
+        protocol = self._protocol
+        if protocol.state != WebSocketProtocol.STATE_OPEN:
+            return False
+        protocol.sendCloseFrame(code=code, isReply=False)
+        return True
 
 
-def writer_for(send: object) -> FrameWriter | None:
-    """For a daphne websocket's ASGI `send`, a function that writes a `prepare`d frame
-    to that socket and says whether it did; None under any other server."""
-    if WebSocketProtocol is None or not isinstance(send, functools.partial):
+def socket_for(send: object) -> Socket | None:
+    """The `Socket` behind a daphne websocket's ASGI `send`; None when the internals
+    are off or another server serves it."""
+    if not _enabled or not isinstance(send, functools.partial):
         return None
     protocol = send.args[0] if send.args else None
     if not isinstance(protocol, WebSocketProtocol):
         return None
-    return functools.partial(_write_frame, protocol)
-
-
-def _write_frame(protocol, frame: bytes) -> bool:
-    # Only while the socket is open (never after a close frame) and autobahn has no
-    # queue of its own, the condition under which its `sendData` writes to the
-    # transport directly too; otherwise the caller sends through ASGI, which raises
-    # or queues as it always has.
-    if protocol.state != WebSocketProtocol.STATE_OPEN or protocol.send_queue:
-        return False
-    protocol.transport.write(frame)
-    return True
+    return Socket(protocol)

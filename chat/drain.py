@@ -13,10 +13,9 @@ import logging
 from django.conf import settings
 
 from chat import moderation, upstream
+from chat.protocol import CLOSE_SERVICE_RESTART
 
 log = logging.getLogger(__name__)
-
-CLOSE_SERVICE_RESTART = 1012
 
 _draining = False
 

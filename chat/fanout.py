@@ -91,6 +91,20 @@ def delta_event(message_id: str, seq: int, text: str) -> dict[str, Any]:
     }
 
 
+def done_event(message_id: str, text: str) -> dict[str, Any]:
+    """The group event of an answer's `done` frame (serialized once, as `text`): viewers
+    forward it and then drop any delta of that message that still arrives."""
+    return {"type": "chat.done", "message_id": message_id, "text": text}
+
+
+async def publish_done(
+    conversation_id: uuid.UUID | str, message_id: uuid.UUID | str, message: dict[str, Any]
+) -> bool:
+    """Broadcast an answer's final state (`done` with its `Message`)."""
+    text = protocol.dumps(protocol.done_frame(message))
+    return await publish(conversation_id, done_event(str(message_id), text))
+
+
 async def publish_delta(
     conversation_id: uuid.UUID | str, message_id: str, seq: int, text: str
 ) -> bool:
@@ -130,14 +144,15 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return get_channel_layer().deserialize(data)
 
 
-async def request_cancel(message_id: uuid.UUID | str) -> bool:
-    """Ask the generation of this message to stop, wherever it runs."""
+async def request_cancel(message_id: uuid.UUID | str, *, kind: str = "cancel") -> bool:
+    """Ask the generation of this message to stop, wherever it runs: `cancel` (a
+    member's Stop), or `lost` (its message was stored elsewhere: store nothing)."""
     try:
         await get_channel_layer().group_send(
-            generation_group(message_id), {"type": "generation.cancel"}
+            generation_group(message_id), {"type": f"generation.{kind}"}
         )
     except Exception as exc:
-        log.warning("cancel for message %s not sent: %r", message_id, exc)
+        log.warning("%s for message %s not sent: %r", kind, message_id, exc)
         return False
     return True
 

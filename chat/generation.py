@@ -20,7 +20,7 @@ from chat.db import db
 from chat.models import Message
 from chat.redis_subscriber import get_subscriber
 from chat.relay import Relay
-from chat.streaming import INTERRUPTED, StreamOutcome, StreamRequest, StreamRunner
+from chat.streaming import INTERRUPTED, LOST, StreamOutcome, StreamRequest, StreamRunner
 from chat.upstream import get_client
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ async def _listen_on_redis(redis_channel: str, runner: StreamRunner) -> None:
     # PUBLISHes share, and held up the prompt frames of every other answer starting then
     # (seconds at 100 answers starting at once, bench/REPORT.md).
     def on_message(payload: bytes) -> None:
-        if fanout.deserialize(payload).get("type") == "generation.cancel":
-            runner.stop("cancelled")
+        _on_generation_event(fanout.deserialize(payload), runner)
 
     subscriber = get_subscriber()
     await subscriber.subscribe(redis_channel, on_message)
@@ -150,9 +149,7 @@ async def _listen_on_layer(group: str, runner: StreamRunner) -> None:
         while True:
             # Keep listening until cancelled: the pub/sub layer unsubscribes a channel
             # only when a receive on it is cancelled.
-            event = await layer.receive(channel)
-            if event.get("type") == "generation.cancel":
-                runner.stop("cancelled")
+            _on_generation_event(await layer.receive(channel), runner)
     finally:
         try:
             await asyncio.shield(layer.group_discard(group, channel))
@@ -160,8 +157,20 @@ async def _listen_on_layer(group: str, runner: StreamRunner) -> None:
             log.debug("group_discard failed for %s", group, exc_info=True)
 
 
+def _on_generation_event(event: dict, runner: StreamRunner) -> None:
+    kind = event.get("type")
+    if kind == "generation.cancel":
+        runner.stop("cancelled")
+    elif kind == "generation.lost":
+        runner.stop(LOST)  # the sweeper stored the message: stop relaying at once
+
+
 async def _store(job: Job, outcome: StreamOutcome) -> None:
     """Save the final state, then announce it; a failed save is retried briefly."""
+    if outcome.status == LOST:
+        _count(outcome)
+        log.warning("message %s was stored elsewhere; this runner stored nothing", job.message_id)
+        return
     usage = outcome.usage
     error = outcome.error
     kwargs = {
@@ -197,7 +206,9 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
         log.error("message %s could not be stored; the sweeper will recover it", job.message_id)
         return
     if message is None:
-        log.info("message %s was deleted with its conversation while it ran", job.message_id)
+        # Deleted with its conversation, or stored by the sweeper while this runner was
+        # held up: either way its one final write and `done` are not this runner's.
+        log.warning("message %s was no longer streaming; nothing stored", job.message_id)
         return
     log.info(
         "message %s %s: %d chars, %d deltas, ttft %s ms, %s ms",
@@ -214,8 +225,8 @@ async def _store(job: Job, outcome: StreamOutcome) -> None:
         moderation.schedule(job.message_id)
     if job.announced is not None:
         await job.announced
-    await fanout.publish_frame(
-        job.conversation_id, protocol.done_frame(protocol.message_payload(message))
+    await fanout.publish_done(
+        job.conversation_id, job.message_id, protocol.message_payload(message)
     )
     try:
         await replay.finish(str(job.message_id))

@@ -57,6 +57,13 @@ async def connection_open(user_id: int, channel_name: str) -> int:
     return int((await pipe.execute())[-1])
 
 
+async def connection_count(user_id: int) -> int:
+    """The user's live sockets and event streams, across processes."""
+    if not redis_enabled():
+        return len(_memory.get(user_id, ()))
+    return int(await get_redis().zcount(_key(user_id), time.time() - CONNECTION_STALE_S, "+inf"))
+
+
 async def connection_refresh(user_id: int, channel_name: str) -> None:
     """Mark a socket alive (called periodically for every open socket)."""
     if redis_enabled():

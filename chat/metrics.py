@@ -86,6 +86,10 @@ layer_drops = Counter(
     "livechat_layer_drops_detected_total",
     "Deltas a socket never received (seq gaps healed by snapshot) or that failed to publish.",
 )
+sockets_behind = Counter(
+    "livechat_sockets_behind_total",
+    "Times a socket's peer stopped reading and live frames were held back for a snapshot.",
+)
 ttft = Histogram(
     "livechat_upstream_ttft_seconds",
     "Upstream time to first token.",

@@ -156,7 +156,12 @@ class TokenUsage(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        indexes = [models.Index(fields=["user", "day"]), models.Index(fields=["user", "settled"])]
+        indexes = [
+            models.Index(fields=["user", "day"]),
+            models.Index(fields=["user", "settled"]),
+            # The prompt rate: a user's generations started in the last minute.
+            models.Index(fields=["user", "created_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.day}: {self.used if self.settled else self.reserved}"
@@ -264,15 +269,21 @@ class ModerationEvent(models.Model):
 
 
 class AdminAccessLog(models.Model):
-    """Who opened or exported which conversation in the admin, and when (privacy audit).
+    """Who saw stored message text of which conversation in the admin, on which page, and
+    when (privacy audit): one entry per conversation whose text a page showed.
 
-    The conversation's id and title are copied so the entry outlives the conversation.
+    The conversation's id and title are copied so the entry outlives the conversation;
+    `detail` holds the search term of a list page, when there was one.
     """
 
     class Action(models.TextChoices):
         VIEW = "view", "opened transcript"
         CONTEXT = "context", "opened case context"
         EXPORT = "export", "exported CSV"
+        LIST = "list", "listed messages"
+        MESSAGE = "message", "opened message"
+        QUEUE = "queue", "listed cases"
+        BULK = "bulk", "confirmed bulk decision"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
@@ -284,6 +295,7 @@ class AdminAccessLog(models.Model):
     conversation_ref = models.CharField(max_length=36)
     conversation_title = models.CharField(max_length=200, blank=True, default="")
     action = models.CharField(max_length=10, choices=Action.choices)
+    detail = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

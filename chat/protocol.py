@@ -59,11 +59,21 @@ class BadJson(ChatError):
 
 # Websocket close codes (DESIGN: the protocol's closes).
 CLOSE_TOO_BIG = 1009
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_NOT_SIGNED_IN = 4401
 CLOSE_NOT_MEMBER = 4403
 CLOSE_NO_CONVERSATION = 4404
 CLOSE_FLOOD = 4429
+
+# A server that refuses to send a code of the 1xxx range (daphne without its internals,
+# chat/direct_send.py) closes with its twin of the private range, meaning the same.
+_PRIVATE_TWINS = {CLOSE_TOO_BIG: 4009, CLOSE_SERVICE_RESTART: 4012, CLOSE_TRY_AGAIN_LATER: 4013}
+
+
+def fallback_close_code(code: int | None) -> int | None:
+    """The private-range twin of a 1xxx close code, or None when it has none."""
+    return _PRIVATE_TWINS.get(code)
 
 
 def parse_client_frame(text: str) -> PromptFrame | CancelFrame | RegenerateFrame | SyncFrame:

@@ -43,9 +43,9 @@ def _usage_now(*, user: AbstractBaseUser) -> tuple[int, int]:
 def lock_user_reading_rate(*, user: AbstractBaseUser, since: datetime, nth: int) -> datetime | None:
     """Serialize one user's reservations until the transaction ends: two prompts racing
     cannot both fit the last tokens of the day (a row lock on PostgreSQL; SQLite
-    serializes writers anyway). Reads in the same statement the creation time of the
-    user's `nth` newest prompt since `since`, for the caller's rate check (None when there
-    is no such prompt, or no such user).
+    serializes writers anyway). Reads in the same statement when the user's `nth` newest
+    generation since `since` started (every prompt and every regenerate reserves one),
+    for the caller's rate check (None when there is no such generation, or no such user).
 
     The usage itself is read by a later statement (`_usage_now`), never here: a
     statement that waited for the lock still sees what it saw when it started, not the
@@ -54,13 +54,13 @@ def lock_user_reading_rate(*, user: AbstractBaseUser, since: datetime, nth: int)
     row = sql.fetch_one(
         f"""
         SELECT (
-            SELECT m.created_at FROM chat_message m
-            WHERE m.author_id = u.{pk} AND m.role = %s AND m.created_at >= %s
-            ORDER BY m.created_at DESC LIMIT 1 OFFSET %s
+            SELECT t.created_at FROM {sql.table(TokenUsage)} t
+            WHERE t.user_id = u.{pk} AND t.created_at >= %s
+            ORDER BY t.created_at DESC LIMIT 1 OFFSET %s
         )
         FROM {users} u WHERE u.{pk} = %s{sql.for_update()}
         """,
-        [Message.Sender.USER.value, sql.datetime_param(since), nth - 1, user.pk],
+        [sql.datetime_param(since), nth - 1, user.pk],
     )
     return sql.datetime_value(row[0]) if row else None
 
@@ -101,3 +101,18 @@ def settle(*, message_id, used: int | None) -> None:
         " WHERE message_id = %s AND settled = %s",
         [used, True, sql.uuid_param(message_id), False],
     )
+
+
+def estimate_for_orphan(*, message: Message) -> tuple[int, int, int] | None:
+    """(prompt, completion, total) tokens of an answer whose runner died, estimated:
+    the prompt from its reservation (what was reserved beyond OPENAI_MAX_TOKENS), the
+    completion from the stored text (about four characters a token); never more than
+    the reservation. None when the answer reserved nothing."""
+    reserved = (
+        TokenUsage.objects.filter(message_id=message.pk).values_list("reserved", flat=True).first()
+    )
+    if reserved is None:
+        return None
+    prompt = max(0, reserved - settings.OPENAI_MAX_TOKENS)
+    completion = min(-(-len(message.content) // 4), reserved - prompt)
+    return prompt, completion, prompt + completion

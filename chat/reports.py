@@ -2,6 +2,7 @@
 server-side SVG chart, and CSV transcripts. Reads only; the admin renders the results."""
 
 import csv
+import unicodedata
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -222,8 +223,22 @@ CSV_COLUMNS = (
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _could_start_a_formula(text: str) -> bool:
+    """Whether a spreadsheet could read the cell as a formula: a formula character first,
+    or after leading whitespace or invisible characters (spreadsheets skip spaces), in
+    any compatibility form: the full-width (U+FF1D, U+FF0B, U+FF0D, U+FF20) and small
+    forms of `=+-@` are read as those."""
+    for char in text:
+        if unicodedata.normalize("NFKC", char).startswith(_FORMULA_START):
+            return True
+        if not (char.isspace() or unicodedata.category(char) == "Cf"):
+            return False
+    return False
+
+
 def csv_cell(value: object) -> str:
-    """One CSV cell: text that could start a formula gets a leading apostrophe."""
+    """One CSV cell: text a spreadsheet could read as a formula gets a leading apostrophe;
+    everything else is exactly as stored."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -231,7 +246,7 @@ def csv_cell(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     text = str(value)
-    return "'" + text if isinstance(value, str) and text.startswith(_FORMULA_START) else text
+    return "'" + text if isinstance(value, str) and _could_start_a_formula(text) else text
 
 
 def cases_by_message(message_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[ModerationCase]]:

@@ -8,6 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.db.models import QuerySet
+from django.utils.crypto import constant_time_compare
 
 from chat import sql
 from chat.models import Conversation, Membership, Message
@@ -39,37 +40,63 @@ def membership_get(
 
 
 def frame_access(
-    *, session: SessionBase | None, conversation_id: uuid.UUID | str, user: AbstractBaseUser
+    *,
+    session: SessionBase | None,
+    session_hash: str | None,
+    conversation_id: uuid.UUID | str,
+    user: AbstractBaseUser,
 ) -> tuple[bool, Membership | None]:
     """(session still valid, membership or None): what every client frame re-checks,
-    in one call so a frame costs one thread hop, not two.
+    in one call so a frame costs one thread hop, not two. The session is valid while it
+    exists and `session_hash` (the auth hash it was signed in with) still matches the
+    user's password: a password change ends every other session at its next frame.
 
     A session kept in this database (the default engine) is checked inside the
-    membership's statement, written out (chat/sql.py: a tenth of the ORM's CPU), so a
-    member's frame costs one statement; only when there is no membership row does the
-    session need its own look-up, to tell the two refusals apart."""
+    membership's statement, written out (chat/sql.py), so a member's frame costs one
+    statement; only when there is no membership row does the session need its own
+    look-up, to tell the two refusals apart."""
     if not _session_in_this_database(session):
         # No session, or one kept elsewhere: checked first, on its own.
         if session is not None and not session.exists(session.session_key):
             return False, None
+        password = (
+            get_user_model().objects.filter(pk=user.pk).values_list("password", flat=True).first()
+        )
+        if session is not None and not _hash_matches(session_hash, user.pk, password):
+            return False, None
         return True, membership_get(conversation_id=conversation_id, user=user)
     users, pk = sql.user_table()
     row = sql.fetch_one(
-        f"SELECT {sql.columns(Membership, 'm')}, {sql.columns(Conversation, 'c')},"
+        f"SELECT {sql.columns(Membership, 'm')}, {sql.columns(Conversation, 'c')}, u.password,"
         f" EXISTS (SELECT 1 FROM {session.model._meta.db_table} s WHERE s.session_key = %s)"
-        " FROM chat_membership m JOIN chat_conversation c ON c.id = m.conversation_id"
+        f" FROM {sql.table(Membership)} m"
+        f" JOIN {sql.table(Conversation)} c ON c.id = m.conversation_id"
         f" JOIN {users} u ON u.{pk} = m.user_id"
         " WHERE m.conversation_id = %s AND m.user_id = %s AND u.is_active = %s",
         [session.session_key, sql.uuid_param(conversation_id), user.pk, True],
     )
     if row is None:
         return session.exists(session.session_key), None
-    if not row[-1]:
+    if not row[-1] or not _hash_matches(session_hash, user.pk, row[-2]):
         return False, None
     # The `_memberships` query's objects: the membership with its conversation.
     membership = sql.load(Membership, row)
     membership.conversation = sql.load(Conversation, row[len(Membership._meta.concrete_fields) :])
     return True, membership
+
+
+def _hash_matches(session_hash: str | None, user_id: int, password: str | None) -> bool:
+    """Whether a session's auth hash is the one of the user's current password (or of
+    it under a SECRET_KEY_FALLBACKS key), as Django's own sign-in check decides."""
+    if not session_hash or password is None:
+        return False
+    user = get_user_model()(pk=user_id, password=password)
+    if constant_time_compare(session_hash, user.get_session_auth_hash()):
+        return True
+    return any(
+        constant_time_compare(session_hash, fallback)
+        for fallback in user.get_session_auth_fallback_hash()
+    )
 
 
 def _session_in_this_database(session: SessionBase | None) -> bool:

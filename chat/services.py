@@ -244,14 +244,18 @@ def regenerate_submit(
     return Submitted(old.reply_to, assistant, created=True, history=history)
 
 
-def message_checkpoint(*, message_id: uuid.UUID, content: str, seq: int) -> None:
+def message_checkpoint(*, message_id: uuid.UUID, content: str, seq: int) -> bool:
     """Save the text so far (deltas 1..seq) and prove the runner is alive: every
-    running answer, every STREAM_CHECKPOINT_S (written out, chat/sql.py)."""
-    sql.update(
-        Message,
-        {"content": content, "seq": seq, "heartbeat_at": timezone.now()},
-        "id = %s AND status = %s",
-        [sql.uuid_param(message_id), Status.STREAMING.value],
+    running answer, every STREAM_CHECKPOINT_S (written out, chat/sql.py). False when the
+    message is no longer streaming: another process stored it (its runner looked dead),
+    so this runner has lost it and must stop."""
+    return bool(
+        sql.update(
+            Message,
+            {"content": content, "seq": seq, "heartbeat_at": timezone.now()},
+            "id = %s AND status = %s",
+            [sql.uuid_param(message_id), Status.STREAMING.value],
+        )
     )
 
 
@@ -270,8 +274,10 @@ def message_finish(
     error_retry_after: float | None = None,
     ttft_ms: int | None = None,
     duration_ms: int | None = None,
-) -> Message:
-    """Store the final state of an assistant message (one write per generation)."""
+) -> Message | None:
+    """Store the final state of an assistant message: the one final write of a
+    generation, made only while the message is still streaming. None when it is not:
+    the sweeper stored it (this runner looked dead) or its conversation was deleted."""
     fields = {
         "status": status,
         "content": content,
@@ -289,17 +295,15 @@ def message_finish(
     }
     if usage is not None:
         fields["prompt_tokens"], fields["completion_tokens"], fields["total_tokens"] = usage
-    # The runner holds the whole text, so its write wins over a sweeper that judged it
-    # dead too early (`interrupted`), but never over another final state. Written out
-    # (chat/sql.py), as every answer ends with it while others are streaming.
+    # Fenced by the status: a runner the sweeper judged dead (a frozen process, a long
+    # database outage) has lost its message and writes nothing over the sweeper's
+    # `interrupted`. Written out (chat/sql.py), as every answer ends with it.
     key = sql.uuid_param(message_id)
     with transaction.atomic():
-        sql.update(
-            Message,
-            fields,
-            "id = %s AND status IN (%s, %s)",
-            [key, Status.STREAMING.value, Status.INTERRUPTED.value],
+        written = sql.update(
+            Message, fields, "id = %s AND status = %s", [key, Status.STREAMING.value]
         )
+        if not written:
+            return None
         quota.settle(message_id=message_id, used=usage[2] if usage else 0)
-    # None: the conversation was deleted while the answer ran; nothing left to store.
     return selectors.message_with_author(message_id=message_id)

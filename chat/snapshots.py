@@ -34,9 +34,19 @@ async def build(membership: Membership) -> dict[str, Any]:
     }
 
 
-def streaming_seqs(frame: dict[str, Any]) -> dict[str, int]:
-    """Message id -> seq of every message still streaming in a snapshot frame."""
-    return {m["id"]: m["seq"] for m in frame["messages"] if m["status"] == "streaming"}
+# The "last seq shown" of a message that is final: no delta of it is shown any more (one
+# that arrives after its `done`, from a runner that lost its claim, is dropped).
+FINAL = 1 << 62
+
+
+def shown_seqs(frame: dict[str, Any]) -> dict[str, int]:
+    """Message id -> the last seq a snapshot frame shows of each assistant message: its
+    `seq` while streaming, FINAL once it is final."""
+    return {
+        m["id"]: m["seq"] if m["status"] == "streaming" else FINAL
+        for m in frame["messages"]
+        if m["role"] == "assistant"
+    }
 
 
 async def _merge_replay_log(payload: dict[str, Any]) -> None:

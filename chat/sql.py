@@ -42,6 +42,11 @@ def execute(sql: str, params: Sequence[Any]) -> int:
         return cursor.rowcount
 
 
+def table(model: type[Model]) -> str:
+    """The model's table name, quoted for a statement."""
+    return connection.ops.quote_name(model._meta.db_table)
+
+
 @functools.cache
 def user_table() -> tuple[str, str]:
     """The user model's table and primary-key column (the model is a setting)."""

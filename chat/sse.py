@@ -16,8 +16,9 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
-from chat import fanout, protocol, replay, selectors, snapshots
+from chat import fanout, limits, presence, protocol, replay, selectors, snapshots
 from chat.db import db
+from chat.exceptions import TooManyConnections
 from chat.models import Membership, Message
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 # Seconds of silence before a comment line: proxies close idle connections (often after
 # 30-60 s). The setting SSE_KEEPALIVE_S overrides it.
 KEEPALIVE_S = 15.0
+# A stream refused for the user's connection limit asks EventSource to wait this long.
+RETRY_AFTER_REFUSAL_MS = 30_000
 # protocol.dumps keeps the key order of the frames it is given; all of ours start with
 # "type", so the event name is read without parsing the whole (maybe long) frame.
 _FRAME_TYPE = re.compile(r'\{"type":"([a-z_]{1,32})"')
@@ -47,10 +50,15 @@ async def events(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
     membership = await db(selectors.membership_get)(conversation_id=conversation_id, user=user)
     if membership is None:
         return _error("not_found", "No such conversation.", 404)
+    if await _at_connection_limit(user.pk):
+        error = TooManyConnections()
+        return _error(error.code, error.detail, 429)
     last_id = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id", "")
     # Subscribe in the generator, not here: it owns every resource, so a client gone
     # before streaming starts (the generator never runs) leaks nothing.
-    stream = _stream(membership, request.session.session_key, _parse_event_id(last_id))
+    stream = _stream(
+        membership, user.get_username(), request.session.session_key, _parse_event_id(last_id)
+    )
     response = StreamingHttpResponse(stream, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx would buffer the stream otherwise
@@ -113,14 +121,105 @@ def _revoked(event: dict[str, Any], user_id: int, session_key: str | None) -> st
 
 async def _snapshot(membership: Membership, held: dict[str, int]) -> str:
     frame = await snapshots.build(membership)
-    held.update(snapshots.streaming_seqs(frame))
+    held.update(snapshots.shown_seqs(frame))
     return _event("snapshot", protocol.dumps(frame))
 
 
+async def _at_connection_limit(user_id: int) -> bool:
+    """Whether the user already holds WS_MAX_CONNECTIONS_PER_USER sockets and streams."""
+    try:
+        return await limits.connection_count(user_id) >= settings.WS_MAX_CONNECTIONS_PER_USER
+    except Exception as exc:
+        log.warning("connection count unavailable: %r", exc)
+        return False
+
+
+class _Viewer:
+    """An event stream as a viewer of its conversation: counted among its user's
+    connections (WS_MAX_CONNECTIONS_PER_USER, with the sockets) and shown in presence."""
+
+    def __init__(self, membership: Membership, username: str) -> None:
+        self.id = f"sse.{uuid.uuid4().hex}"
+        self.user_id = membership.user_id
+        self.username = username
+        self.conversation_id = str(membership.conversation_id)
+        self.counted = self.present = False
+        self.confirmed_at = 0.0
+
+    async def arrive(self) -> bool:
+        """Count in and show; False when that goes over the user's limit."""
+        try:
+            count = await limits.connection_open(self.user_id, self.id)
+            self.counted = True
+        except Exception as exc:
+            log.warning("connection count unavailable: %r", exc)
+            count = 0
+        if count > settings.WS_MAX_CONNECTIONS_PER_USER:
+            return False
+        try:
+            await presence.join(self.conversation_id, self.id, self.username)
+            self.present = True
+            await presence.announce(self.conversation_id)
+        except Exception as exc:
+            log.warning("presence update failed: %r", exc)
+        self.confirmed_at = asyncio.get_running_loop().time()
+        return True
+
+    async def still_here(self) -> None:
+        """Confirm this stream alive, as every socket is every CONNECTION_REFRESH_S."""
+        now = asyncio.get_running_loop().time()
+        if now - self.confirmed_at < limits.CONNECTION_REFRESH_S:
+            return
+        self.confirmed_at = now
+        try:
+            await limits.connection_refresh(self.user_id, self.id)
+            await presence.refresh(self.conversation_id, self.id, self.username)
+        except Exception as exc:
+            log.warning("event stream refresh failed: %r", exc)
+
+    async def depart(self) -> None:
+        """Leave presence and the connection count; each step on its own."""
+        steps = []
+        if self.present:
+            steps += [
+                lambda: presence.leave(self.conversation_id, self.id, self.username),
+                lambda: presence.announce(self.conversation_id),
+            ]
+        if self.counted:
+            steps.append(lambda: limits.connection_close(self.user_id, self.id))
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                log.warning("event stream cleanup failed", exc_info=True)
+
+
 async def _stream(
-    membership: Membership, session_key: str | None, resume: tuple[str, int] | None
+    membership: Membership,
+    username: str,
+    session_key: str | None,
+    resume: tuple[str, int] | None,
 ) -> AsyncIterator[str]:
     """One client's events. A disconnect cancels it (daphne) or closes it; `finally` cleans."""
+    viewer = _Viewer(membership, username)
+    try:
+        if not await viewer.arrive():
+            error = TooManyConnections()
+            yield f"retry: {RETRY_AFTER_REFUSAL_MS}\n\n"
+            yield _event("error", protocol.dumps(protocol.error_frame(error)))
+            return
+        async for event in _events(membership, session_key, resume, viewer):
+            yield event
+    finally:
+        await asyncio.shield(viewer.depart())
+
+
+async def _events(
+    membership: Membership,
+    session_key: str | None,
+    resume: tuple[str, int] | None,
+    viewer: _Viewer,
+) -> AsyncIterator[str]:
     layer, loop = get_channel_layer(), asyncio.get_running_loop()
     # The user's group too, as for a websocket: sign-out and deactivation end the stream.
     groups = (
@@ -154,6 +253,7 @@ async def _stream(
             # Not wait_for: its timeout would cancel the receive, which unsubscribes a
             # pub/sub channel and drops whatever is published until the next receive.
             done, _ = await asyncio.wait({pending}, timeout=min(keepalive, rejoin_s))
+            await viewer.still_here()
             if not done:
                 yield ": keep-alive\n\n"
                 continue
@@ -169,6 +269,9 @@ async def _stream(
                     yield _event("delta", event["text"], f"{message_id}:{seq}")
             elif kind == "chat.frame":
                 yield _event(_frame_type(event["text"]), event["text"])
+            elif kind == "chat.done":
+                held[event["message_id"]] = snapshots.FINAL  # no delta of it after this
+                yield _event("done", event["text"])
             elif (error := _revoked(event, membership.user_id, session_key)) is not None:
                 yield _event("error", error)
                 return

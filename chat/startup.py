@@ -4,6 +4,7 @@ import logging
 
 from django.conf import settings
 
+from chat import direct_send
 from chat.upstream import describe_upstream
 
 log = logging.getLogger("chat")
@@ -19,3 +20,4 @@ def channel_layer_description() -> str:
 def log_configuration() -> None:
     log.info("replies come from %s", describe_upstream())
     log.info("channel layer: %s", channel_layer_description())
+    log.info(direct_send.describe())

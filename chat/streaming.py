@@ -26,9 +26,14 @@ from chat.upstream import translate_error
 log = logging.getLogger(__name__)
 
 Publish = Callable[[int, str], Awaitable[None]]  # (seq, text)
-Checkpoint = Callable[[str, int], Awaitable[None]]  # (text of deltas 1..seq, seq)
+# (text of deltas 1..seq, seq) -> False when the generation no longer holds its message
+# (another process stored it, judging this runner dead): the runner then stops.
+Checkpoint = Callable[[str, int], Awaitable[bool]]
 
 COMPLETE, CANCELLED, FAILED, INTERRUPTED = "complete", "cancelled", "failed", "interrupted"
+# Not a stored status: the message was stored by someone else, so this runner stores and
+# announces nothing.
+LOST = "lost"
 
 
 @dataclass
@@ -120,8 +125,12 @@ class StreamRunner:
         return len(self._published)
 
     def stop(self, reason: str = CANCELLED) -> None:
-        """End the generation: `cancelled` by a user, or `interrupted` by shutdown."""
-        if self._stop_reason is None:
+        """End the generation: `cancelled` by a user, `interrupted` by shutdown, or
+        LOST when its message was stored elsewhere (nothing more is published then)."""
+        if reason == LOST:
+            self._stop_reason = LOST  # overrides any other reason: nothing is stored
+            self._stop_requested.set()
+        elif self._stop_reason is None:
             self._stop_reason = reason
             self._stop_requested.set()
 
@@ -310,6 +319,9 @@ class StreamRunner:
     def _start_flush(self) -> Awaitable[None] | None:
         """Take the buffer as the next delta and call `publish` (which may start its
         write at once); what it returns is awaited by `_flush`."""
+        if self._stop_reason == LOST:
+            self._buffer.clear()  # nothing more goes out: the message is not ours
+            return None
         text = "".join(self._buffer)
         self._buffer.clear()
         self._published.append(text)
@@ -340,9 +352,14 @@ class StreamRunner:
             seq = self.seq
             text = "".join(self._published)
             try:
-                await self._checkpoint(text, seq)
-                saved_seq = seq
+                held = await self._checkpoint(text, seq)
             except Exception:
                 log.warning(
                     "checkpoint at seq %s failed (last saved %s)", seq, saved_seq, exc_info=True
                 )
+                continue
+            if held is False:
+                log.warning("the message was stored elsewhere: this runner stops")
+                self.stop(LOST)
+                return
+            saved_seq = seq

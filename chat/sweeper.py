@@ -26,6 +26,9 @@ def _stale_ids() -> list[tuple[str, str]]:
 
 
 def _mark_interrupted(message_id: str, text: str | None, seq: int | None) -> Message | None:
+    """Store a stale answer `interrupted` with `text` (the replay log's, when it holds
+    more than the checkpoint), its usage estimated from that text and flagged; the
+    user's reservation settles to that estimate."""
     fields = {"status": Message.Status.INTERRUPTED, "completed_at": timezone.now()}
     if text is not None:
         fields.update(content=text, seq=seq)
@@ -37,9 +40,21 @@ def _mark_interrupted(message_id: str, text: str | None, seq: int | None) -> Mes
         ).update(**fields)
         if not updated:
             return None
-        # The usage of a dead runner is unknown: its reservation is what it cost.
-        quota.settle(message_id=message_id, used=None)
-    return Message.objects.select_related("author").get(pk=message_id)
+        message = Message.objects.select_related("author").get(pk=message_id)
+        usage = quota.estimate_for_orphan(message=message)
+        if usage is not None:
+            message.prompt_tokens, message.completion_tokens, message.total_tokens = usage
+            message.usage_estimated = True
+            message.save(
+                update_fields=[
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "total_tokens",
+                    "usage_estimated",
+                ]
+            )
+        quota.settle(message_id=message_id, used=usage[2] if usage else None)
+    return message
 
 
 async def sweep() -> int:
@@ -62,7 +77,7 @@ async def sweep() -> int:
             continue
         count += 1
         log.warning("message %s had no live runner: stored as interrupted", message_id)
-        await fanout.publish_frame(
-            conversation_id, protocol.done_frame(protocol.message_payload(message))
-        )
+        # A runner that was only held up (a frozen process) stops at once when it wakes.
+        await fanout.request_cancel(message_id, kind="lost")
+        await fanout.publish_done(conversation_id, message_id, protocol.message_payload(message))
     return count

@@ -1,15 +1,22 @@
 """Run the production topology on this machine: nginx on loopback in front of N daphne
 processes sharing the local PostgreSQL and Redis, and the moderation worker.
 
-    python deploy/cluster.py [--processes 2] [--port 8080]   (or: make serve-cluster)
+    python deploy/cluster.py [--processes 2] [--port 8080] [--run-dir .cluster]
+    (or: make serve-cluster)
 
 Ctrl-C (or SIGTERM) stops nginx, then drains every daphne process (running answers
 finish for up to DRAIN_S, viewers move to the others). Logs and the generated nginx
-configuration are under .cluster/.
+configuration are under the run directory (.cluster/ unless --run-dir says otherwise).
+
+It works from any checkout location, a private home directory (mode 0700) included:
+nginx's workers run as the invoking user (see `worker_user`), and the app processes
+believe nginx's X-Forwarded-For, as it connects from 127.0.0.1 (`TRUSTED_PROXIES`).
 """
 
 import argparse
+import grp
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -28,6 +35,31 @@ from project.env import is_on  # noqa: E402
 NGINX_SITE = ROOT / "deploy" / "nginx.conf"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/livechat"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# nginx reaches the app processes from loopback: they believe its X-Forwarded-For.
+TRUSTED_PROXIES = "127.0.0.1"
+
+
+def static_root(env: dict[str, str]) -> Path:
+    """STATIC_ROOT by the settings' rule (project/settings.py): set and not empty, or
+    staticfiles/ in the checkout."""
+    return Path(env.get("STATIC_ROOT", "").strip() or ROOT / "staticfiles")
+
+
+def worker_user() -> str:
+    """nginx's `user` directive: its workers run as the invoking user.
+
+    Started as root, nginx runs its workers as `nobody` unless told otherwise, and
+    `nobody` cannot read static files in a checkout under a private folder (a home
+    directory of mode 0700): every /static/ request answered 403. Started as anyone
+    else, nginx cannot switch users, the workers are that user already, and the
+    directive would only be ignored with a warning, so it is left out
+    (https://nginx.org/en/docs/ngx_core_module.html#user).
+    """
+    if os.geteuid() != 0:
+        return ""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    return f"user {user} {group};\n"
 
 
 def render_nginx_conf(*, listen: str, ports: list[int], static_root: Path, run_dir: Path) -> str:
@@ -40,7 +72,7 @@ def render_nginx_conf(*, listen: str, ports: list[int], static_root: Path, run_d
         STATIC_ROOT=str(static_root),
     )
     temp = run_dir / "tmp"
-    return f"""worker_processes 1;
+    return f"""{worker_user()}worker_processes 1;
 pid {run_dir}/nginx.pid;
 error_log {run_dir}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
@@ -73,7 +105,7 @@ class Cluster:
     """daphne processes on consecutive ports, and nginx in front of them."""
 
     def __init__(self, *, env: dict[str, str], run_dir: Path, ports: list[int], listen_port: int):
-        self.env = env
+        self.env = {**env, "TRUSTED_PROXIES": TRUSTED_PROXIES}
         self.run_dir = run_dir
         self.ports = ports
         self.listen_port = listen_port
@@ -90,15 +122,14 @@ class Cluster:
         self.apps[port] = self._spawn(
             [
                 sys.executable,
-                "-m",
-                "daphne",
+                "manage.py",
+                "serve",
                 "-v",  # no per-request access lines: nginx logs requests
                 "0",
                 "-b",
                 "127.0.0.1",
                 "-p",
                 str(port),
-                "project.asgi:application",
             ],
             f"daphne-{port}.log",
         )
@@ -131,7 +162,7 @@ class Cluster:
             render_nginx_conf(
                 listen=f"127.0.0.1:{self.listen_port}",
                 ports=self.ports,
-                static_root=ROOT / "staticfiles",
+                static_root=static_root(self.env),
                 run_dir=self.run_dir,
             )
         )
@@ -185,10 +216,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--first-app-port", type=int, default=8001)
+    parser.add_argument(
+        "--run-dir", type=Path, default=ROOT / ".cluster", help="logs, nginx.conf, the key"
+    )
     args = parser.parse_args()
 
-    run_dir = ROOT / ".cluster"
-    run_dir.mkdir(exist_ok=True)
+    run_dir = args.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
     key_file = run_dir / "secret_key"
     if not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(50))

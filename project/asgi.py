@@ -1,4 +1,7 @@
-"""ASGI entry point: HTTP through Django, websockets through the chat consumer."""
+"""ASGI entry point: HTTP through Django, websockets through the chat consumer.
+
+Outermost, for both: the client's address as a trusted proxy names it (chat/forwarded.py).
+Websocket handshakes pass only from the site's own origin (chat/origin.py)."""
 
 import os
 
@@ -8,22 +11,25 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat import direct_send, gc_tuning, startup  # noqa: E402
+from chat.forwarded import ForwardedClientMiddleware  # noqa: E402
+from chat.origin import SameOriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.socket_auth import SocketAuthMiddlewareStack  # noqa: E402
 
-startup.log_configuration()
 direct_send.install()
+startup.log_configuration()
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            SocketAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
+application = ForwardedClientMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": SameOriginValidator(
+                SocketAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )
 
 # Last: what is loaded by now lives as long as the process (chat/gc_tuning.py).

@@ -1,13 +1,14 @@
 """Settings, read from the environment in this one place (README lists every variable)."""
 
+import ipaddress
 import logging
-import secrets
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from project.env import env_bool, env_float, env_int, env_str
+from project.secret_key import debug_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 log = logging.getLogger("project.settings")
@@ -21,8 +22,9 @@ if not SECRET_KEY:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY is not set. Set it (or DJANGO_DEBUG=1 for a local dev server)."
         )
-    # A fresh key per start: sessions do not survive a restart, which is fine in dev.
-    SECRET_KEY = secrets.token_urlsafe(50)
+    # Debug only: one key per checkout, kept in a git-ignored file, so sign-ins survive
+    # a restart and every process of the checkout accepts the others' sessions.
+    SECRET_KEY = debug_secret_key(BASE_DIR / ".secret_key")
 
 ALLOWED_HOSTS = [
     h.strip()
@@ -30,12 +32,23 @@ ALLOWED_HOSTS = [
     if h.strip()
 ]
 if "*" in ALLOWED_HOSTS:
-    # AllowedHostsOriginValidator derives allowed websocket origins from ALLOWED_HOSTS:
-    # "*" would let any site open a socket with a visitor's cookie (CSWSH).
+    # A websocket's Host must be one of ALLOWED_HOSTS (chat/origin.py), and Django's
+    # host check guards every HTTP request: "*" would turn both off.
     raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must list hosts; '*' is refused.")
 CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o.strip()
 ]
+# Reverse proxies whose X-Forwarded-For names the client (addresses or CIDR networks):
+# behind them the client's own address is REMOTE_ADDR, for the per-address sign-in and
+# sign-up limits (chat/forwarded.py). Empty: no forwarded header is believed.
+TRUSTED_PROXIES = [p.strip() for p in env_str("TRUSTED_PROXIES").split(",") if p.strip()]
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES: {_proxy!r} is not an address or a CIDR network."
+        ) from None
 
 INSTALLED_APPS = [
     "daphne",
@@ -106,6 +119,10 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql") and DB_POOL_MAX > 0:
         "max_size": DB_POOL_MAX,
         "timeout": 10,
     }
+    # The pool checks a connection before handing it out (psycopg_pool's
+    # `check_connection`, an empty query): one that the server ended (a restart, a
+    # failover, an idle timeout) is replaced instead of failing the next request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Channel layer: Redis when REDIS_URL is set (fan-out across processes), else in-memory.
@@ -132,7 +149,9 @@ elif REDIS_URL and REDIS_CHANNEL_LAYER == "core":
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # Its receive blocks in BZPOPMIN for up to 5 s; redis-py 8's default socket
+                # timeout of 5 s would fail idle sockets' reads (django/channels_redis#422).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
                 "prefix": CHANNEL_PREFIX,
                 "capacity": CHANNEL_CAPACITY,
                 "group_expiry": CHANNEL_GROUP_EXPIRY_S,
@@ -175,6 +194,11 @@ STREAM_STALE_S = env_float("STREAM_STALE_S", 15.0)
 STREAM_SWEEP_INTERVAL_S = env_float("STREAM_SWEEP_INTERVAL_S", 10.0)
 STREAM_HISTORY_MESSAGES = env_int("STREAM_HISTORY_MESSAGES", 40)
 
+# Daphne's, autobahn's and Twisted's internals (chat/direct_send.py): frames written
+# straight to sockets, the close codes 1009/1012/1013, the unsent-bytes bound. Off: the
+# ASGI path only.
+DAPHNE_INTERNALS = env_bool("DAPHNE_INTERNALS", True)
+
 # The garbage collector's thresholds in a server process (chat/gc_tuning.py).
 GC_THRESHOLDS = tuple(int(x) for x in env_str("GC_THRESHOLDS", "2000,10,100").split(","))
 if len(GC_THRESHOLDS) != 3 or min(GC_THRESHOLDS) < 1:
@@ -187,6 +211,9 @@ PROMPTS_PER_MINUTE = env_int("PROMPTS_PER_MINUTE", 20)
 WS_FRAMES_PER_SECOND = env_float("WS_FRAMES_PER_SECOND", 10.0)  # sustained, per socket
 WS_FRAME_BURST = env_int("WS_FRAME_BURST", 30)
 WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 20)
+# Bytes queued for one socket whose peer is not reading before it gets no more live
+# frames (it is sent a fresh snapshot once it has read them); under daphne (below).
+WS_MAX_UNSENT_BYTES = env_int("WS_MAX_UNSENT_BYTES", 1024 * 1024)
 MAX_GENERATIONS_PER_USER = env_int("MAX_GENERATIONS_PER_USER", 3)  # at once, all conversations
 DAILY_TOKEN_QUOTA = env_int("DAILY_TOKEN_QUOTA", 200_000)  # per user per UTC day; 0: none
 OPENAI_MAX_TOKENS = env_int("OPENAI_MAX_TOKENS", 2048)  # answer cap, also what is reserved
@@ -203,7 +230,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic puts the files nginx serves (deploy/nginx.conf); deploy/cluster.py
+# reads STATIC_ROOT by the same rule.
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "staticfiles")
 # Serve app static files even where `collectstatic` has not run (make run, tests); the
 # Docker image collects them, and collected files are served from STATIC_ROOT.
 WHITENOISE_USE_FINDERS = True

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import redis
 from websockets.asyncio.client import ClientConnection, connect
 
 # The subprotocol that asks for deltas as `["d", message_id, seq, text]` (chat.protocol).
@@ -142,13 +143,12 @@ class Deployment:
         proc = spawn(
             [
                 sys.executable,
-                "-m",
-                "daphne",
+                "manage.py",
+                "serve",
                 "-b",
                 "127.0.0.1",
                 "-p",
                 str(port),
-                "project.asgi:application",
             ],
             env,
             self.tmp / f"daphne-{self.name}-{port}.log",
@@ -451,3 +451,51 @@ class Viewer:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 5)
+
+
+class OwnRedis:
+    """A redis-server on a free port that the test may kill and restart."""
+
+    def __init__(self, tmp: Path, *, persist: bool = False) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.process: Process | None = None
+        # Keep the data across a kill (an append-only file written at every command).
+        self.persist = persist
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = spawn(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.tmp),
+            ],
+            {"PATH": "/usr/bin:/bin:/usr/sbin:/usr/local/bin"},
+            self.tmp / f"redis-{self.port}-{time.monotonic_ns()}.log",
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.stop(sig=9)

@@ -3,17 +3,20 @@ and the pages' fitness for a strict Content-Security-Policy."""
 
 import re
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 
+from chat.management.commands import demo
 from chat.management.commands.demo import DEMO_TITLE, DEMO_USERS
 from chat.models import Conversation, Membership, Role
 
 pytestmark = pytest.mark.django_db
 
 GOOD_PASSWORD = "correct-horse-battery-7"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def signup(client, username="newcomer", password=GOOD_PASSWORD, repeat=None, **extra):
@@ -117,6 +120,56 @@ def test_demo_command_makes_two_users_and_one_shared_conversation_idempotently()
     assert roles == {"alice": Role.OWNER, "bob": Role.MEMBER}
     assert f"/c/{conversation.id}/" in out.getvalue()
     assert Membership.objects.count() == 2
+
+
+def _demo(*args: str) -> str:
+    out = StringIO()
+    call_command("demo", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_demo_with_debug_off_creates_missing_accounts_and_keeps_existing_passwords(
+    settings, django_user_model
+):
+    settings.DEBUG = False  # a local cluster runs `demo` like this
+    django_user_model.objects.create_user("alice", password="alices-own-secret-9")
+    out = _demo()
+    assert authenticate(username="alice", password="alices-own-secret-9") is not None
+    assert authenticate(username="alice", password="alice-demo-pass") is None
+    assert authenticate(username="bob", password="bob-demo-pass") is not None
+    assert demo.KEPT.format(username="alice") in out
+    assert demo.CREATED.format(username="bob", password="bob-demo-pass") in out
+    assert "alice-demo-pass" not in out  # never printed as if it worked
+
+
+@pytest.mark.parametrize(("debug", "args"), [(True, ()), (False, ("--reset-passwords",))])
+def test_demo_resets_existing_passwords_in_debug_or_when_asked(
+    settings, django_user_model, debug, args
+):
+    settings.DEBUG = debug
+    django_user_model.objects.create_user("alice", password="alices-own-secret-9")
+    out = _demo(*args)
+    assert authenticate(username="alice", password="alice-demo-pass") is not None
+    assert demo.RESET.format(username="alice", password="alice-demo-pass") in out
+
+
+def test_demo_if_debug_changes_nothing_with_debug_off(settings, django_user_model):
+    settings.DEBUG = False
+    django_user_model.objects.create_user("alice", password="alices-own-secret-9")
+    assert _demo("--if-debug").strip() == demo.SKIPPED_NOT_DEBUG
+    assert authenticate(username="alice", password="alices-own-secret-9") is not None
+    assert not django_user_model.objects.filter(username="bob").exists()
+    assert not Conversation.objects.exists()
+    settings.DEBUG = True
+    _demo("--if-debug")
+    assert authenticate(username="bob", password="bob-demo-pass") is not None
+
+
+def test_make_run_asks_for_the_demo_users_only_in_debug():
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    demo_lines = [line.strip() for line in recipe.splitlines() if "manage.py demo" in line]
+    assert demo_lines == ["$(BIN)/python manage.py demo --if-debug"]
 
 
 # The pages must run under `script-src 'self'` and `style-src 'self'`: no inline script

@@ -353,6 +353,56 @@ def test_opening_a_transcript_is_logged_and_only_superusers_read_the_log(client,
     assert entry.username == "moderator"
 
 
+BOTH = {"Trip plans", "Hostile <b>title</b>"}
+
+
+@pytest.mark.parametrize(
+    ("url", "action", "titles", "detail"),
+    [
+        ("/admin/chat/message/", "list", BOTH, ""),
+        ("/admin/chat/message/?q=coastal", "list", {"Trip plans"}, "coastal"),
+        ("/admin/chat/message/?q=nowhere", "list", set(), "nowhere"),  # nothing shown
+        ("/admin/chat/moderationcase/", "queue", BOTH, ""),
+        ("/admin/chat/moderationcase/?q=violent", "queue", {"Trip plans"}, "violent"),
+        ("message:xss", "message", {"Hostile <b>title</b>"}, ""),
+        ("message:calm", "message", {"Trip plans"}, ""),
+    ],
+)
+def test_every_page_showing_message_text_is_logged_per_conversation_shown(
+    client, people, data, url, action, titles, detail
+):
+    if url.startswith("message:"):
+        url = reverse("admin:chat_message_change", args=[data[url.split(":")[1]].pk])
+    assert _client(client, people["moderator"]).get(url).status_code == 200
+    entries = list(AdminAccessLog.objects.all())
+    # One entry per conversation, however many of its messages the page shows.
+    assert sorted(e.conversation_title for e in entries) == sorted(titles)
+    assert {(e.user, e.action, e.detail) for e in entries} <= {
+        (people["moderator"], action, detail)
+    }
+
+
+def test_the_bulk_decision_page_is_logged_for_the_conversations_it_shows(client, people, data):
+    page = _client(client, people["moderator"]).post(
+        "/admin/chat/moderationcase/",
+        {
+            "action": "reject_selected",
+            "_selected_action": [data["xss_case"].pk, data["rude_case"].pk],
+            "index": 0,
+        },
+    )
+    assert "flagme: a violent reply" in _text(page)
+    logged = AdminAccessLog.objects.values_list("action", "conversation_title")
+    assert sorted(logged) == [("bulk", "Hostile <b>title</b>"), ("bulk", "Trip plans")]
+
+
+def test_superusers_read_the_search_term_in_the_access_log(client, people, data):
+    _client(client, people["moderator"]).get("/admin/chat/message/?q=coastal")
+    client.logout()
+    log_page = _text(_client(client, people["root"]).get("/admin/chat/adminaccesslog/"))
+    assert "listed messages" in log_page and "coastal" in log_page
+
+
 def _rows(response) -> list[dict]:
     assert response["Content-Type"].startswith("text/csv")
     return list(csv.DictReader(io.StringIO(response.content.decode())))
@@ -392,6 +442,40 @@ def test_csv_cells_that_would_run_as_formulas_are_defused():
     assert reports.csv_cell("@SUM") == "'@SUM"
     assert reports.csv_cell("plain = fine") == "plain = fine"
     assert reports.csv_cell(None) == "" and reports.csv_cell(True) == "true"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "=1+1",
+        "+1",
+        "-1",
+        "@SUM(A1)",
+        "\tx",
+        "\rx",
+        "  =HYPERLINK(1)",  # spreadsheets skip leading spaces
+        " \t x",
+        "\n\n@cmd",
+        "\u00a0-2",  # no-break space
+        "\u3000+3",  # ideographic space
+        "\u200b=4",  # an invisible format character first
+        "\uff1dHYPERLINK(1)",  # full-width = + - @
+        "\uff0b1",
+        "\uff0d1",
+        "\uff20SUM",
+        "  \uff1d1",
+        "\ufe661",  # small equals sign
+    ],
+)
+def test_every_cell_a_spreadsheet_could_read_as_a_formula_is_defused(text):
+    assert reports.csv_cell(text) == "'" + text
+
+
+@pytest.mark.parametrize(
+    "text", ["plain = fine", "  fine", "a-b", "", "   ", "1", "x=", "mail@example.com"]
+)
+def test_cells_that_are_no_formula_are_exactly_as_stored(text):
+    assert reports.csv_cell(text) == text
 
 
 # ---- escaping -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ processes run one image against the shared PostgreSQL and Redis, and every varia
 they set is one `project/settings.py` actually reads (a typo would be silently ignored).
 """
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -107,7 +108,27 @@ def test_the_apps_start_after_migrations_and_a_healthy_redis(
 
 def test_the_apps_publish_distinct_host_ports(services: dict[str, dict[str, Any]]) -> None:
     published = [str(port) for name in APPS for port in services[name].get("ports", [])]
-    assert sorted(published) == ["8001:8000", "8002:8000"]
+    # On loopback only: clients on the network reach the apps through nginx.
+    assert sorted(published) == ["127.0.0.1:8001:8000", "127.0.0.1:8002:8000"]
+
+
+def test_the_apps_believe_forwarded_addresses_only_from_nginx(
+    services: dict[str, dict[str, Any]], settings_names: set[str]
+) -> None:
+    """TRUSTED_PROXIES is nginx's own fixed address, on the network's declared subnet:
+    not the whole network, whose gateway is where Docker's port proxy (a client of a
+    published port) and the host itself connect from."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    subnets = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    nginx_address = services["nginx"]["networks"]["default"]["ipv4_address"]
+    assert ipaddress.ip_address(nginx_address) in ipaddress.ip_network(subnets[0])
+    assert "TRUSTED_PROXIES" in settings_names
+    for name in APPS:
+        assert _environment(services[name])["TRUSTED_PROXIES"] == nginx_address
+    # nginx appends the address it received each request from (deploy/nginx.conf).
+    template = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert template.count("X-Forwarded-For $proxy_add_x_forwarded_for;") == 3
+    assert template.count("Host $http_host;") == 3
 
 
 def _instructions(dockerfile: str) -> list[tuple[str, str]]:
@@ -126,8 +147,8 @@ def test_the_image_serves_the_asgi_app_with_daphne() -> None:
     instructions = _instructions((ROOT / "Dockerfile").read_text())
     cmd = [args for keyword, args in instructions if keyword == "CMD"][-1]
     argv = json.loads(cmd) if cmd.startswith("[") else cmd.split()
-    assert argv[0] == "daphne"
-    assert argv[-1] == "project.asgi:application"
+    # `manage.py serve` runs daphne on project.asgi:application with the settings' limits.
+    assert argv[:3] == ["python", "manage.py", "serve"]
     assert any(
         "--require-hashes" in args and "requirements.lock" in args
         for keyword, args in instructions

@@ -2,12 +2,13 @@
 open sockets see when that happens (in-process, through the real ASGI router)."""
 
 import json
+import uuid
 
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from chat import services
+from chat import api, services
 from chat.models import Conversation, Membership, Message, Role
 from project.asgi import application
 
@@ -99,6 +100,38 @@ async def test_rename_refusals(users, conversation, who, body, status):
     response = await patch(await client_for(users[who]), conversation.id, body)
     assert response.status_code == status
     assert set(response.json()["error"]) == {"code", "detail"}
+    assert (await Conversation.objects.aget(pk=conversation.id)).title == "Plans"
+
+
+# Every malformed body is a 400 `bad_json` whose detail says what was wrong; none is a
+# 500 (30,000 nested brackets once raised RecursionError out of the view).
+MALFORMED_BODIES = [
+    (b"[" * 30_000, api.BODY_TOO_DEEP),
+    (b'{"a":' * 10_000, api.BODY_TOO_DEEP),
+    (b"{not json", api.BODY_NOT_JSON),
+    (b"\xff\xfe\x00", api.BODY_NOT_JSON),  # not UTF-8
+    (b"[1, 2]", api.BODY_NOT_OBJECT),
+    (b'"a title"', api.BODY_NOT_OBJECT),
+    (b"null", api.BODY_NOT_OBJECT),
+]
+
+
+@pytest.mark.parametrize(("body", "detail"), MALFORMED_BODIES)
+async def test_malformed_bodies_get_400_bad_json_on_every_route_that_reads_one(
+    users, conversation, body, detail
+):
+    alice = await client_for(users["alice"])
+    base = f"/api/conversations/{conversation.id}"
+    for method, url in (
+        (alice.post, "/api/conversations/"),
+        (alice.patch, f"{base}/"),
+        (alice.post, f"{base}/members/"),
+        (alice.post, f"{base}/messages/{uuid.uuid4()}/report/"),
+    ):
+        response = await method(url, body, content_type="application/json")
+        assert response.status_code == 400, (url, response.status_code)
+        assert response.json()["error"] == {"code": "bad_json", "detail": detail}
+    assert await Conversation.objects.acount() == 1
     assert (await Conversation.objects.aget(pk=conversation.id)).title == "Plans"
 
 

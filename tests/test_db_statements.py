@@ -4,6 +4,7 @@ exact statement counts, and the behaviour the folded queries must keep."""
 from datetime import UTC, timedelta
 
 import pytest
+from django.contrib.auth import HASH_SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -21,8 +22,19 @@ CLEAN = moderation.Verdict(flagged=False, categories=[], scores={"hate": 0.01}, 
 def session_of(user) -> SessionStore:
     session = SessionStore()
     session["_auth_user_id"] = str(user.pk)
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.create()
     return session
+
+
+def frame_access(session, user, conversation_id):
+    """What a socket's frame checks, with the auth hash its session signed in with."""
+    return selectors.frame_access(
+        session=session,
+        session_hash=session.get(HASH_SESSION_KEY) if session is not None else None,
+        conversation_id=conversation_id,
+        user=user,
+    )
 
 
 def answer(conversation, text: str = "an answer", status: str = "complete") -> Message:
@@ -47,10 +59,9 @@ def submit(conversation, user, client_msg_id: str | None = None) -> services.Sub
 
 def test_a_members_frame_costs_one_statement(users, conversation, django_assert_num_queries):
     session = session_of(users["bob"])
+    session.get(HASH_SESSION_KEY)  # the socket read it at connect
     with django_assert_num_queries(1):
-        signed_in, membership = selectors.frame_access(
-            session=session, conversation_id=conversation.id, user=users["bob"]
-        )
+        signed_in, membership = frame_access(session, users["bob"], conversation.id)
         assert membership.conversation.title == "t"  # loaded with it
     assert signed_in is True
     assert (membership.user_id, membership.role) == (users["bob"].pk, "member")
@@ -61,9 +72,7 @@ def field_values(obj) -> dict:
 
 
 def test_the_membership_read_by_hand_is_the_one_the_orm_reads(users, conversation):
-    _, membership = selectors.frame_access(
-        session=session_of(users["bob"]), conversation_id=conversation.id, user=users["bob"]
-    )
+    _, membership = frame_access(session_of(users["bob"]), users["bob"], conversation.id)
     orm = Membership.objects.select_related("conversation").get(pk=membership.pk)
     assert field_values(membership) == field_values(orm)
     assert field_values(membership.conversation) == field_values(orm.conversation)
@@ -72,7 +81,7 @@ def test_the_membership_read_by_hand_is_the_one_the_orm_reads(users, conversatio
 
 def test_frame_access_tells_an_ended_session_from_a_missing_membership(users, conversation):
     def access(session, user):
-        return selectors.frame_access(session=session, conversation_id=conversation.id, user=user)
+        return frame_access(session, user, conversation.id)
 
     bob, eve = session_of(users["bob"]), session_of(users["eve"])
     assert access(eve, users["eve"]) == (True, None)  # signed in, not a member
@@ -84,6 +93,16 @@ def test_frame_access_tells_an_ended_session_from_a_missing_membership(users, co
     users["bob"].is_active = False
     users["bob"].save()
     assert access(session_of(users["bob"]), users["bob"]) == (True, None)
+
+
+def test_a_password_change_ends_every_session_signed_in_before_it(users, conversation):
+    before = session_of(users["bob"])
+    assert frame_access(before, users["bob"], conversation.id)[0] is True
+    users["bob"].set_password("a new password")
+    users["bob"].save()
+    assert frame_access(before, users["bob"], conversation.id) == (False, None)
+    after = session_of(users["bob"])  # signed in again, with the new password
+    assert frame_access(after, users["bob"], conversation.id)[1].role == "member"
 
 
 # ---- a prompt -----------------------------------------------------------------------

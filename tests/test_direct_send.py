@@ -5,12 +5,14 @@ import functools
 import socket
 
 import pytest
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import selectreactor, tcp
 
 from chat import direct_send, fanout
 from chat.group_events import GroupEvents
+from tests.live import ROOT
 
 
 @pytest.fixture
@@ -107,19 +109,78 @@ async def _handle_reply(protocol, message):  # the shape of daphne's ASGI `send`
     raise AssertionError("the direct path must not go through ASGI")
 
 
-def test_a_daphne_send_gets_a_writer_and_anything_else_none(pair):
+@pytest.fixture
+def internals_on(monkeypatch):
+    monkeypatch.setattr(direct_send, "_enabled", True)
+
+
+def test_a_daphne_send_gets_a_socket_and_anything_else_none(pair, internals_on):
     transport, peer, _ = pair
     protocol = _open_protocol(transport)
-    write = direct_send.writer_for(functools.partial(_handle_reply, protocol))
-    assert write is not None
-    assert write(direct_send.prepare("hello")) is True
+    socket_ = direct_send.socket_for(functools.partial(_handle_reply, protocol))
+    assert socket_ is not None
+    assert socket_.write(direct_send.prepare("hello")) is True
     assert drain(peer) == direct_send.prepare("hello")
-    assert direct_send.writer_for(_handle_reply) is None
-    assert direct_send.writer_for(functools.partial(_handle_reply, object())) is None
+    assert direct_send.socket_for(_handle_reply) is None
+    assert direct_send.socket_for(functools.partial(_handle_reply, object())) is None
+
+
+def test_with_the_internals_off_every_socket_takes_the_asgi_path(pair, monkeypatch):
+    transport, _, _ = pair
+    monkeypatch.setattr(direct_send, "_enabled", False)
+    protocol = _open_protocol(transport)
+    assert direct_send.socket_for(functools.partial(_handle_reply, protocol)) is None
+
+
+def test_the_self_check_refuses_versions_outside_the_tested_range(monkeypatch):
+    assert direct_send._self_check() is None  # the pinned versions are within range
+    monkeypatch.setitem(direct_send.VERSION_BOUNDS, "autobahn", ((99,), (100,)))
+    assert "autobahn" in direct_send._self_check()
+
+
+def test_pyproject_bounds_the_versions_the_internals_were_tested_with():
+    text = (ROOT / "pyproject.toml").read_text()
+    for package, (low, high) in direct_send.VERSION_BOUNDS.items():
+        bound = f'"{package}>={".".join(map(str, low))},<{".".join(map(str, high))}"'
+        assert bound in text, bound
+
+
+def test_unsent_bytes_are_what_the_peer_has_not_taken(pair, internals_on):
+    transport, peer, _ = pair
+    protocol = _open_protocol(transport)
+    socket_ = direct_send.socket_for(functools.partial(_handle_reply, protocol))
+    assert socket_.unsent() == 0
+    big = b"y" * 4_000_000  # more than the kernel's buffers take
+    socket_.write(big)
+    queued = socket_.unsent()
+    assert 0 < queued <= len(big)
+    drain(peer)
+    transport.doWrite()
+    assert socket_.unsent() < queued  # the peer read some: less waits
+
+
+@pytest.mark.parametrize("code", [1009, 1012, 1013, 4401])
+def test_any_close_code_reaches_the_peer(pair, internals_on, code):
+    transport, peer, _ = pair
+    protocol = _open_protocol(transport)
+    # What autobahn's factory would have configured on a server's protocol.
+    protocol.factory = type("Factory", (), {"isServer": True})()
+    protocol.maskServerFrames = False
+    protocol.logFrames = False
+    protocol.trackedTimings = None
+    protocol.trafficStats = TrafficStats()
+    protocol.logOctets = False
+    protocol.closeHandshakeTimeout = 0  # no timer: this reactor never runs
+    socket_ = direct_send.socket_for(functools.partial(_handle_reply, protocol))
+    assert socket_.close(code) is True
+    frame = drain(peer)
+    assert frame[0] == 0x88 and int.from_bytes(frame[2:4], "big") == code  # a close frame
+    assert socket_.close(code) is False  # closing already: nothing more is sent
+    assert drain(peer) == b""
 
 
 @pytest.mark.parametrize("state", ["closing", "closed", "queued"])
-def test_no_direct_write_unless_open_with_nothing_queued(pair, state):
+def test_no_direct_write_unless_open_with_nothing_queued(pair, internals_on, state):
     transport, peer, _ = pair
     protocol = _open_protocol(transport)
     if state == "queued":
@@ -129,24 +190,45 @@ def test_no_direct_write_unless_open_with_nothing_queued(pair, state):
             "closing": AutobahnProtocol.STATE_CLOSING,
             "closed": AutobahnProtocol.STATE_CLOSED,
         }[state]
-    write = direct_send.writer_for(functools.partial(_handle_reply, protocol))
-    assert write(direct_send.prepare("late")) is False  # the caller falls back to ASGI
+    socket_ = direct_send.socket_for(functools.partial(_handle_reply, protocol))
+    assert socket_.write(direct_send.prepare("late")) is False  # the caller takes ASGI
     assert drain(peer) == b""
 
 
-class Socket(GroupEvents):
-    """The group-event side of a consumer, writing to a list instead of a connection."""
+class FakeConnection:
+    """A daphne connection as the group events see it, writing to a list."""
 
-    def __init__(self, *, open_: bool = True) -> None:
-        self.sent_seq = {}
+    def __init__(self, *, open_: bool = True, unsent: int = 0) -> None:
         self.written: list[bytes] = []
         self.open = open_
-        self.write_frame = self._write
+        self.queued = unsent
 
-    def _write(self, frame: bytes) -> bool:
+    def write(self, frame: bytes) -> bool:
         if self.open:
             self.written.append(frame)
         return self.open
+
+    def unsent(self) -> int:
+        return self.queued
+
+
+class Socket(GroupEvents):
+    """The group-event side of a consumer over a fake connection."""
+
+    joined = True
+
+    def __init__(self, *, open_: bool = True, unsent: int = 0) -> None:
+        self.sent_seq = {}
+        self.socket = FakeConnection(open_=open_, unsent=unsent)
+        self.user = type("U", (), {"pk": 1})()
+        self.snapshots = 0
+
+    @property
+    def written(self) -> list[bytes]:
+        return self.socket.written
+
+    async def send_snapshot(self) -> None:
+        self.snapshots += 1
 
 
 def delta(seq: int, text: str = "x") -> dict:
@@ -173,6 +255,15 @@ def test_deltas_already_shown_are_dropped_and_gaps_left_to_the_async_path():
     assert socket_.deliver_now(delta(4)) is True and socket_.sent_seq["m1"] == 4
 
 
+def test_no_delta_of_a_message_is_forwarded_after_its_done():
+    socket_ = Socket()
+    assert socket_.deliver_now(delta(1))
+    done = fanout.done_event("m1", '{"type":"done","message":{}}')
+    assert socket_.deliver_now(done) is True
+    assert socket_.deliver_now(delta(2)) is True  # handled: dropped
+    assert socket_.written == [direct_send.prepare(delta(1)["text"]), done["frame:text"]]
+
+
 def test_what_cannot_be_written_now_is_left_to_the_async_path():
     closing = Socket(open_=False)
     assert closing.deliver_now(delta(1)) is False and closing.sent_seq == {}
@@ -180,8 +271,21 @@ def test_what_cannot_be_written_now_is_left_to_the_async_path():
     held._held = []  # connect has not sent its snapshot yet
     assert held.deliver_now(delta(1)) is False and held.written == []
     other_server = Socket()
-    other_server.write_frame = None
+    other_server.socket = None
     assert other_server.deliver_now(delta(1)) is False
     frame_event = {"type": "chat.frame", "text": '{"type":"presence","viewers":[]}'}
     assert Socket().deliver_now(frame_event) is True
     assert Socket().deliver_now({"type": "chat.member_removed", "user_id": 1}) is False
+
+
+async def test_a_peer_that_stops_reading_gets_no_live_frames_then_one_snapshot(settings):
+    settings.WS_MAX_UNSENT_BYTES = 1000
+    socket_ = Socket(unsent=5000)  # more waits than the bound allows
+    assert socket_.deliver_now(delta(1)) is True  # handled: held back, not written
+    assert socket_.deliver_now(delta(2)) is True
+    assert socket_.written == [] and socket_._catching_up is not None
+    socket_.owe_snapshot()  # a `sync` meanwhile adds nothing
+    socket_.socket.queued = 100  # the peer has read
+    await socket_._catching_up
+    assert socket_.snapshots == 1 and socket_._catching_up is None
+    assert socket_.deliver_now(delta(3)) is False  # a gap now: the async path heals it

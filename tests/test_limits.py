@@ -148,6 +148,23 @@ async def test_prompts_per_minute_are_capped(users, conversation, settings):
     await comm.disconnect()
 
 
+async def test_regenerates_count_against_the_prompt_rate(users, conversation, settings):
+    settings.PROMPTS_PER_MINUTE = 3
+    comm = await connect(users["bob"], conversation.id)
+    await comm.send_json_to({"type": "prompt", "content": "Count to 2"})
+    done = (await frames_until(comm, lambda f: f["type"] == "done"))[-1]
+    for _ in range(2):  # the prompt and two regenerates: three generations
+        await comm.send_json_to({"type": "regenerate", "message_id": done["message"]["id"]})
+        await frames_until(comm, lambda f: f["type"] == "done")
+    await comm.send_json_to({"type": "regenerate", "message_id": done["message"]["id"]})
+    error = (await frames_until(comm, lambda f: f["type"] == "error"))[-1]
+    assert error["code"] == "rate_limited"
+    answers = await Message.objects.filter(role=Message.Sender.ASSISTANT).acount()
+    assert answers == 3  # the fourth never started
+    await asyncio.sleep(0)
+    await comm.disconnect()
+
+
 def test_the_rate_limit_waits_for_the_limit_th_newest_prompt_to_leave_the_window(
     users, conversation, settings
 ):
@@ -168,10 +185,8 @@ def test_the_rate_limit_waits_for_the_limit_th_newest_prompt_to_leave_the_window
     settings.PROMPTS_PER_MINUTE = 2
     now = timezone.now()
     for age_s in (50, 40, 10):  # three in the window, one more than the limit
-        prompt = Message.objects.create(
-            conversation=conversation, role=Message.Sender.USER, author=users["bob"]
-        )
-        Message.objects.filter(pk=prompt.pk).update(created_at=now - timedelta(seconds=age_s))
+        usage = TokenUsage.objects.create(user=users["bob"], day=now.date(), reserved=1)
+        TokenUsage.objects.filter(pk=usage.pk).update(created_at=now - timedelta(seconds=age_s))
     with pytest.raises(RateLimited) as refused:
         check_prompt_rate(users["bob"])
     assert 19 <= refused.value.retry_after <= 20  # the 40-second-old prompt, not the 50

@@ -3,7 +3,6 @@ the message is still stored whole, viewers on both processes recover their view 
 snapshot, and new prompts work without restarting anything."""
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import redis
 
 from tests.conftest import _redis_postgres
-from tests.live import Deployment, Process, Session, free_port, spawn
+from tests.live import Deployment, OwnRedis, Session
 
 pytestmark = [
     pytest.mark.multiprocess,
@@ -23,50 +22,6 @@ pytestmark = [
 
 def count_to(n: int) -> str:
     return ", ".join(str(i) for i in range(1, n + 1))
-
-
-class OwnRedis:
-    """A redis-server on a free port that the test may kill and restart."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        self.process: Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = spawn(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.tmp),
-            ],
-            {"PATH": "/usr/bin:/bin:/usr/sbin:/usr/local/bin"},
-            self.tmp / f"redis-{self.port}-{time.monotonic_ns()}.log",
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.stop(sig=9)
 
 
 @pytest.fixture
@@ -114,3 +69,62 @@ async def test_redis_restart_mid_stream_loses_nothing(fault_deployment, own_redi
     await bob.close()
     for server in (first, second):
         server.process.stop()
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A Redis that keeps its data across a kill, as a production one with persistence."""
+    server = OwnRedis(tmp_path / "persistent", persist=True)
+    server.tmp.mkdir()
+    server.start()
+    yield server
+    if server.process is not None:
+        server.process.stop()
+
+
+async def test_a_viewer_who_left_while_redis_restarted_leaves_presence(persistent_redis, tmp_path):
+    for deployment in _redis_postgres(tmp_path / "deployment", redis_url=persistent_redis.url):
+        server = deployment.start_server()
+        alice = await Session(server, "alice").login()
+        bob = await Session(server, "bob").login()
+        conv = await alice.create_conversation(members={"bob": "member"})
+        watcher = await alice.viewer(conv)
+        leaving = await bob.viewer(conv)
+
+        def shown(names):
+            return lambda f: (
+                f["type"] == "presence" and [v["username"] for v in f["viewers"]] == names
+            )
+
+        await watcher.wait_for(shown(["alice", "bob"]), what="both present")
+        persistent_redis.kill()
+        await leaving.close()  # its removal from presence fails: Redis is away
+        await asyncio.sleep(1)
+        persistent_redis.start()  # with the data, bob's entry included
+        start = len(watcher.frames)
+        await watcher.wait_for(shown(["alice"]), what="bob gone", start=start, timeout=60)
+        await watcher.close()
+        await alice.close()
+        await bob.close()
+        server.process.stop()
+
+
+async def test_idle_sockets_on_the_core_layer_stay_open_and_counted_once(tmp_path):
+    for deployment in _redis_postgres(tmp_path / "core"):
+        server = deployment.start_server(REDIS_CHANNEL_LAYER="core")
+        alice = await Session(server, "alice").login()
+        conv = await alice.create_conversation()
+        tabs = [await alice.viewer(conv) for _ in range(4)]
+        # Past redis-py's default socket timeout twice over, and the layer's 5 s pop.
+        await asyncio.sleep(14)
+        assert [tab.close_code for tab in tabs] == [None] * 4
+        client = redis.Redis.from_url(deployment.env["REDIS_URL"])
+        # Alice is the only user with sockets here: her sorted set of live connections.
+        (key,) = client.keys(f"{deployment.env['CHANNEL_PREFIX']}:conn:*")
+        assert client.zcard(key) == 4
+        client.close()
+        for tab in tabs:
+            await tab.close()
+        await alice.close()
+        server.process.stop()
+        server.assert_clean_log()

@@ -1,7 +1,12 @@
 """The upstream key never leaves the server: not in a page, a frame, an API answer, an
-error or a log line, whatever happens (on the deployment that has a key)."""
+error or a log line, whatever happens (on the deployment that has a key); and a page of
+another origin cannot open a signed-in user's socket on a real daphne."""
+
+import json
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.live import Deployment, Session
 
@@ -48,3 +53,38 @@ async def test_the_upstream_key_appears_nowhere(redis_postgres: Deployment):
     assert len(seen) > 10
     leaks = [text[max(0, text.find(key) - 200) :][:400] for text in seen if key in text]
     assert leaks == []
+
+
+async def test_a_page_on_another_port_or_scheme_cannot_open_a_users_socket(
+    redis_postgres: Deployment,
+):
+    """The reported case: a page on http://localhost:9999 opened a signed-in user's
+    socket on localhost:<port> (the Origin's host matched ALLOWED_HOSTS). Now the whole
+    origin must be the server's own: refused at the handshake with HTTP 403."""
+    server = redis_postgres.start_server()
+    port = server.url.rsplit(":", 1)[1]
+    alice = await Session(server, "alice").login()
+    try:
+        conv = await alice.create_conversation()
+        url = f"ws://localhost:{port}/ws/chat/{conv}/"
+        cookie = {"Cookie": alice.cookie_header()}
+        for origin in (
+            "http://localhost:9999",
+            f"https://localhost:{port}",
+            f"http://127.0.0.1:{port}",
+            "http://localhost",
+        ):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, origin=origin, additional_headers=cookie)
+            assert refused.value.response.status_code == 403, origin
+        # Without an Origin, likewise.
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url, additional_headers=cookie)
+        assert refused.value.response.status_code == 403
+        # The page's own origin opens it.
+        async with connect(url, origin=f"http://localhost:{port}", additional_headers=cookie) as ws:
+            assert json.loads(await ws.recv())["type"] == "snapshot"
+    finally:
+        await alice.close()
+        server.process.stop()
+    server.assert_clean_log()

@@ -3,13 +3,10 @@ upstream; once on the embedded default (SQLite, in-memory layer, in-process simu
 and once on PostgreSQL + Redis with the simulator as its own HTTP server."""
 
 import asyncio
-import contextlib
 import json
 from urllib.parse import quote
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from chat.simulator import tokenize
 from tests.live import Viewer
@@ -210,34 +207,6 @@ async def test_another_member_cancels_and_the_text_so_far_is_kept(sessions, serv
     assert stored["usage"] is not None
     assert stored["usage_estimated"] is True
     await close_all(asker, canceller)
-
-
-async def test_refusals_close_with_their_codes(sessions, server):
-    alice, dave = sessions["alice"], sessions["dave"]
-    conv = await alice.create_conversation()
-
-    async def close_code(cookie: str, conversation_id: str) -> int:
-        ws = await connect(
-            f"{server.ws_url}/ws/chat/{conversation_id}/",
-            origin=server.url,
-            additional_headers={"Cookie": cookie} if cookie else {},
-        )
-        with contextlib.suppress(ConnectionClosed):
-            async for _ in ws:
-                pass
-        return ws.close_code
-
-    assert await close_code("", conv) == 4401
-    assert await close_code(dave.cookie_header(), conv) == 4403
-    assert await close_code(alice.cookie_header(), "00000000-0000-4000-8000-000000000000") == 4404
-    # A foreign origin is refused at the handshake.
-    with pytest.raises(InvalidStatus) as refused:
-        await connect(
-            f"{server.ws_url}/ws/chat/{conv}/",
-            origin="http://evil.example",
-            additional_headers={"Cookie": alice.cookie_header()},
-        )
-    assert refused.value.response.status_code == 403
 
 
 async def test_bad_frames_get_error_frames_and_the_socket_keeps_working(sessions, server):

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from chat import moderation, services, upstream
 from chat.management.commands.moderate_pending import _work_until_stopped
-from chat.models import Message, ModerationCase, ModerationEvent, Role
+from chat.models import Membership, Message, ModerationCase, ModerationEvent, Role
 from tests.sockets import connect as open_socket
 from tests.sockets import frames_until
 
@@ -410,7 +410,7 @@ async def test_the_periodic_task_retries_pending_cases_and_wakes_for_reports(
         assert case.state == State.FLAGGED  # backfilled, then moderated by the first pass
 
         client = AsyncClient()
-        await client.aforce_login(users["bob"])
+        await client.aforce_login(users["alice"])
         response = await client.post(
             f"/api/conversations/{conversation.id}/messages/{message.pk}/report/",
             {"reason": "rude"},
@@ -549,8 +549,9 @@ async def test_a_failed_batch_call_leaves_all_its_cases_pending_with_backoff(con
 async def test_reports_are_member_only_idempotent_and_need_a_reason(users, conversation):
     message = await sync_to_async(answer)(conversation, "hello")
     url = f"/api/conversations/{conversation.id}/messages/{message.pk}/report/"
-    bob, eve = AsyncClient(), AsyncClient()
-    await bob.aforce_login(users["bob"])  # a viewer may report
+    alice, bob, eve = AsyncClient(), AsyncClient(), AsyncClient()
+    await alice.aforce_login(users["alice"])  # the owner
+    await bob.aforce_login(users["bob"])  # a viewer
     await eve.aforce_login(users["eve"])
 
     async def post(client, body):
@@ -560,6 +561,10 @@ async def test_reports_are_member_only_idempotent_and_need_a_reason(users, conve
         await AsyncClient().post(url, {"reason": "x"}, content_type="application/json")
     ).status_code == 401
     assert (await post(eve, {"reason": "x"})).status_code == 404
+    forbidden = await post(bob, {"reason": "x"})  # viewers are read-only
+    assert forbidden.status_code == 403
+    assert json.loads(forbidden.content)["error"]["code"] == "forbidden"
+    await Membership.objects.filter(user=users["bob"]).aupdate(role="member")
     assert (await post(bob, {"reason": "  "})).status_code == 400
     assert (await post(bob, {"reason": 3})).status_code == 400
     first = await post(bob, {"reason": "spam"})

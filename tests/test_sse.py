@@ -239,9 +239,10 @@ async def test_sse_resume_with_last_event_id_sends_exactly_the_missing_deltas(se
 
 @pytest.mark.multiprocess
 @pytest.mark.timeout(60)
+# Redis channels exist only on Redis: the in-memory layer's side of this is
+# test_sse_disconnect_leaves_the_group_and_stops_receiving.
+@pytest.mark.parametrize("deployment", ["redis-postgres"], indirect=True)
 async def test_sse_disconnect_unsubscribes_its_redis_channels(sessions, server, deployment):
-    if not deployment.multiprocess_capable:
-        pytest.skip("in-memory layer: see test_sse_disconnect_leaves_the_group_and_stops_receiving")
     alice, bob = sessions["alice"], sessions["bob"]
     conv = await alice.create_conversation(members={"bob": "member"})
     prefix = deployment.env["CHANNEL_PREFIX"]
@@ -281,6 +282,43 @@ async def test_sse_refuses_non_members_unknown_ids_and_anonymous_clients(session
         response = await anonymous.get(events_url(conv))
     assert response.status_code == 401
     assert response.json() == {"error": {"code": "not_signed_in", "detail": "Sign in first."}}
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(90)
+async def test_sse_streams_count_with_sockets_in_the_per_user_limit_and_show_in_presence(
+    deployment, server
+):
+    # A user of this test alone: its sockets and streams are counted across the server.
+    from tests.test_live_sessions import new_user
+
+    name = new_user(deployment)
+    reader, alice = await Session(server, name).login(), await Session(server, "alice").login()
+    conv = await alice.create_conversation(members={name: "viewer"})
+    watcher = await alice.viewer(conv)
+
+    def shown(names: list[str]):
+        return lambda f: f["type"] == "presence" and [v["username"] for v in f["viewers"]] == names
+
+    stream = await open_stream(reader, conv)
+    await stream.wait_for(lambda e: e.event == "snapshot")
+    await watcher.wait_for(shown(sorted(["alice", name])), what="the SSE reader in presence")
+    sockets = [await reader.viewer(conv) for _ in range(19)]  # 20 with the stream
+
+    refused = await reader.http.get(events_url(conv))
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_connections"
+    with pytest.raises(AssertionError, match="closed \\(4429\\)"):
+        await reader.viewer(conv)
+
+    for viewer in sockets:
+        await viewer.close()
+    start = len(watcher.frames)
+    await stream.close()
+    await watcher.wait_for(shown(["alice"]), what="the reader gone", start=start)
+    await watcher.close()
+    await reader.close()
+    await alice.close()
 
 
 # ---- in-process: the ASGI handler's view, the in-memory layer -----------------------

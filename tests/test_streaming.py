@@ -62,17 +62,20 @@ def count_to(n: int) -> str:
 
 
 class Recorder:
-    """Collects what the runner publishes and checkpoints."""
+    """Collects what the runner publishes and checkpoints; `holds` says whether the
+    generation still holds its message at each checkpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, holds: bool = True) -> None:
         self.deltas: list[tuple[int, str]] = []
         self.checkpoints: list[tuple[str, int]] = []
+        self.holds = holds
 
     async def publish(self, seq: int, text: str) -> None:
         self.deltas.append((seq, text))
 
-    async def checkpoint(self, text: str, seq: int) -> None:
+    async def checkpoint(self, text: str, seq: int) -> bool:
         self.checkpoints.append((text, seq))
+        return self.holds
 
     @property
     def text(self) -> str:
@@ -156,6 +159,17 @@ async def test_the_end_of_the_stream_cuts_the_flush_window_short(make_client):
     assert outcome.content == count_to(30) == recorder.text
     # The first delta went out at once; everything after it waited for the end.
     assert [seq for seq, _ in recorder.deltas] == [1, 2]
+
+
+async def test_a_runner_whose_message_was_stored_elsewhere_stops_publishing(make_client):
+    recorder = Recorder(holds=False)  # the sweeper stored it: checkpoints touch nothing
+    outcome = await runner_for(make_client, "Count to 2000 [[sim chunk_ms=1]]", recorder).run()
+    assert outcome.status == "lost"
+    assert len(recorder.checkpoints) == 1  # the first one told it
+    published = len(recorder.deltas)
+    assert count_to(2000).startswith(recorder.text)
+    assert len(recorder.text) < len(count_to(2000))
+    assert published == recorder.deltas[-1][0]  # and nothing after it
 
 
 async def test_checkpoints_hold_exactly_the_deltas_up_to_their_seq(make_client):
