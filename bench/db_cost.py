@@ -76,7 +76,8 @@ def run(n: int) -> list[dict[str, float]]:
     from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
 
-    from chat import moderation, selectors, services
+    from chat import moderation
+    from chat.domain import selectors, services
     from chat.models import Conversation, Membership, Role
 
     call_command("migrate", verbosity=0)

@@ -65,9 +65,9 @@ async def until(condition, timeout: float = 60.0) -> None:
 
 
 async def measure(url: str, conversations: int, sockets: int, events: int) -> dict:
-    from chat import fanout
-    from chat.hub import get_hub
-    from chat.redis_subscriber import get_subscriber
+    from chat.fanout import publish as fanout
+    from chat.fanout.redis_subscriber import get_subscriber
+    from chat.realtime.hub import get_hub
 
     run = uuid.uuid4().hex[:8]
     groups = [f"conv.{run}{i:024x}" for i in range(conversations)]

@@ -4,14 +4,14 @@
 
 Starts the simulator (60 tokens/s) and reads the same streams five ways in this process,
 measuring this process's CPU time per content chunk:
-- `create`: `client.chat.completions.create(stream=True)`, what chat/streaming.py does;
+- `create`: `client.chat.completions.create(stream=True)`, what chat/generation/runner.py does;
 - `post`: the same client, `client.post(..., cast_to=object, stream=True)`: request,
   retries, SSE decoding and error events by the SDK, chunks left as dicts;
 - `post-aiohttp`: `post` on a client whose HTTP transport is aiohttp
   (`openai.DefaultAioHttpClient`, the SDK's `openai[aiohttp]` extra);
-- `chunk-stream`: `post-aiohttp` with `stream_cls=ChunkStream` (chat/sse_chunks.py), the
-  SSE split out of each read at once: what chat/streaming.py does with
-  chat/upstream.py's client;
+- `chunk-stream`: `post-aiohttp` with `stream_cls=ChunkStream` (chat/upstream/chunks.py), the
+  SSE split out of each read at once: what chat/generation/runner.py does with
+  chat/upstream/client.py's client;
 - `httpx2`: a bare httpx2 request, lines split and `json.loads`-ed by hand (a floor).
 """
 
@@ -99,7 +99,7 @@ async def measure(base_url: str, streams: int, words: int) -> dict[str, float]:
         return await via_post(aio_client)
 
     async def via_chunk_stream() -> int:
-        from chat.sse_chunks import ChunkStream
+        from chat.upstream.chunks import ChunkStream
 
         return await via_post(aio_client, ChunkStream)
 

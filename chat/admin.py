@@ -44,7 +44,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
-from chat import login, moderation, reports
+from chat import moderation, reports
 from chat.models import (
     AdminAccessLog,
     Conversation,
@@ -53,11 +53,12 @@ from chat.models import (
     ModerationCase,
     ModerationEvent,
 )
+from chat.web import login
 
 State = ModerationCase.State
 Action = ModerationEvent.Action
 
-# The admin's sign-in form counts and refuses like the page's (chat/login.py).
+# The admin's sign-in form counts and refuses like the page's (chat/web/login.py).
 admin.site.login_form = login.LimitedAdminAuthenticationForm
 
 CONTEXT_BEFORE = 4  # messages shown before the reviewed one

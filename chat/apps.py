@@ -6,4 +6,6 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from chat import gauges, signals  # noqa: F401 - registers gauges, connects receivers
+        # Registers the /metrics gauges and connects the session signals' receivers.
+        from chat.lifecycle import gauges  # noqa: F401
+        from chat.web import signals  # noqa: F401

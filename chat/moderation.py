@@ -34,11 +34,13 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from chat import fanout, protocol, selectors, sql
-from chat.db import db
+from chat import protocol
+from chat.domain import selectors, sql
+from chat.domain.db import db
 from chat.exceptions import ChatError, NotFound
+from chat.fanout import publish as fanout
 from chat.models import Message, ModerationCase, ModerationEvent
-from chat.upstream import translate_error
+from chat.upstream.client import translate_error
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +176,7 @@ def _open_case(message_id: uuid.UUID | str) -> tuple[str, int] | None:
 
 def _final_answer_and_case(message_id: uuid.UUID | str) -> tuple[str, int | None] | None:
     """The text of a final assistant message with text, and its `auto` case's id (None
-    without one); None for any other message. Written out (chat/sql.py), as every
+    without one); None for any other message. Written out (chat/domain/sql.py), as every
     finished answer reads it."""
     return sql.fetch_one(
         "SELECT m.content, (SELECT c.id FROM chat_moderationcase c"
@@ -189,7 +191,7 @@ def _open_and_claim(*, message_id: uuid.UUID | str) -> tuple[int, str] | None:
     """`case_open` then `_claim` in one trip to the database thread: what every finished
     answer costs. The text and the existing case's id are read with the message, and a
     new case is one INSERT: 3 statements (2 when the case exists), 9 as two trips. The
-    read and the lease are SQL written out (chat/sql.py), as the prompt's statements."""
+    read and the lease are SQL written out (chat/domain/sql.py), as the prompt's statements."""
     opened = _open_case(message_id)
     if opened is None:
         return None
@@ -533,7 +535,7 @@ async def moderate_texts(texts: list[str]) -> list[Verdict]:
 
 
 async def _moderations(texts: str | list[str]) -> dict[str, Any]:
-    from chat.upstream import get_client
+    from chat.upstream.client import get_client
 
     timeout = settings.MODERATION_TIMEOUT_S
     # The JSON as a dict (`cast_to=object`, as the chat stream reads its chunks) and the

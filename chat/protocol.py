@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from chat.domain.text import clean_user_text
 from chat.exceptions import BadFrame, ChatError, TooLong
 from chat.models import Message
-from chat.text import clean_user_text
 
 ClientMsgId = Annotated[str, Field(min_length=1, max_length=100)]
 MessageId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -67,7 +67,7 @@ CLOSE_NO_CONVERSATION = 4404
 CLOSE_FLOOD = 4429
 
 # A server that refuses to send a code of the 1xxx range (daphne without its internals,
-# chat/direct_send.py) closes with its twin of the private range, meaning the same.
+# chat/realtime/direct_send.py) closes with its twin of the private range, meaning the same.
 _PRIVATE_TWINS = {CLOSE_TOO_BIG: 4009, CLOSE_SERVICE_RESTART: 4012, CLOSE_TRY_AGAIN_LATER: 4013}
 
 

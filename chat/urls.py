@@ -1,6 +1,7 @@
 from django.urls import path
 
-from chat import api, sse, views
+from chat.realtime import sse
+from chat.web import api, views
 
 urlpatterns = [
     path("", views.chat_page, name="chat"),

@@ -1,7 +1,7 @@
 """ASGI entry point: HTTP through Django, websockets through the chat consumer.
 
-Outermost, for both: the client's address as a trusted proxy names it (chat/forwarded.py).
-Websocket handshakes pass only from the site's own origin (chat/origin.py)."""
+Outermost, for both: the client's address as a trusted proxy names it (chat/web/forwarded.py).
+Websocket handshakes pass only from the site's own origin (chat/realtime/origin.py)."""
 
 import os
 
@@ -12,25 +12,29 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from chat import direct_send, gc_tuning, startup  # noqa: E402
-from chat.forwarded import ForwardedClientMiddleware  # noqa: E402
-from chat.origin import SameOriginValidator  # noqa: E402
+from chat.lifecycle import gc_tuning, startup  # noqa: E402
+from chat.lifecycle.background import StartOnFirstConnection  # noqa: E402
+from chat.realtime import direct_send  # noqa: E402
+from chat.realtime.origin import SameOriginValidator  # noqa: E402
+from chat.realtime.socket_auth import SocketAuthMiddlewareStack  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from chat.socket_auth import SocketAuthMiddlewareStack  # noqa: E402
+from chat.web.forwarded import ForwardedClientMiddleware  # noqa: E402
 
 direct_send.install()
 startup.log_configuration()
 
 application = ForwardedClientMiddleware(
-    ProtocolTypeRouter(
-        {
-            "http": django_asgi_app,
-            "websocket": SameOriginValidator(
-                SocketAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-            ),
-        }
+    StartOnFirstConnection(
+        ProtocolTypeRouter(
+            {
+                "http": django_asgi_app,
+                "websocket": SameOriginValidator(
+                    SocketAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+                ),
+            }
+        )
     )
 )
 
-# Last: what is loaded by now lives as long as the process (chat/gc_tuning.py).
+# Last: what is loaded by now lives as long as the process (chat/lifecycle/gc_tuning.py).
 gc_tuning.tune_for_serving()

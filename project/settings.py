@@ -32,7 +32,7 @@ ALLOWED_HOSTS = [
     if h.strip()
 ]
 if "*" in ALLOWED_HOSTS:
-    # A websocket's Host must be one of ALLOWED_HOSTS (chat/origin.py), and Django's
+    # A websocket's Host must be one of ALLOWED_HOSTS (chat/realtime/origin.py), and Django's
     # host check guards every HTTP request: "*" would turn both off.
     raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must list hosts; '*' is refused.")
 CSRF_TRUSTED_ORIGINS = [
@@ -40,7 +40,7 @@ CSRF_TRUSTED_ORIGINS = [
 ]
 # Reverse proxies whose X-Forwarded-For names the client (addresses or CIDR networks):
 # behind them the client's own address is REMOTE_ADDR, for the per-address sign-in and
-# sign-up limits (chat/forwarded.py). Empty: no forwarded header is believed.
+# sign-up limits (chat/web/forwarded.py). Empty: no forwarded header is believed.
 TRUSTED_PROXIES = [p.strip() for p in env_str("TRUSTED_PROXIES").split(",") if p.strip()]
 for _proxy in TRUSTED_PROXIES:
     try:
@@ -65,8 +65,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "chat.middleware.ContentSecurityPolicyMiddleware",
-    "chat.middleware.RequestIdMiddleware",
+    "chat.web.middleware.ContentSecurityPolicyMiddleware",
+    "chat.web.middleware.RequestIdMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -188,18 +188,18 @@ SIMULATOR_TTFT_MS = env_float("SIMULATOR_TTFT_MS", 300.0)
 STREAM_FLUSH_MS = env_float("STREAM_FLUSH_MS", 30.0)
 STREAM_CHECKPOINT_S = env_float("STREAM_CHECKPOINT_S", 2.0)
 # Presence: the first change of a conversation's viewers is announced at once, the ones
-# within this window after it in one announcement at its end (chat/announcer.py).
+# within this window after it in one announcement at its end (chat/fanout/announcer.py).
 PRESENCE_INTERVAL_MS = env_float("PRESENCE_INTERVAL_MS", 250.0)
 STREAM_STALE_S = env_float("STREAM_STALE_S", 15.0)
 STREAM_SWEEP_INTERVAL_S = env_float("STREAM_SWEEP_INTERVAL_S", 10.0)
 STREAM_HISTORY_MESSAGES = env_int("STREAM_HISTORY_MESSAGES", 40)
 
-# Daphne's, autobahn's and Twisted's internals (chat/direct_send.py): frames written
+# Daphne's, autobahn's and Twisted's internals (chat/realtime/direct_send.py): frames written
 # straight to sockets, the close codes 1009/1012/1013, the unsent-bytes bound. Off: the
 # ASGI path only.
 DAPHNE_INTERNALS = env_bool("DAPHNE_INTERNALS", True)
 
-# The garbage collector's thresholds in a server process (chat/gc_tuning.py).
+# The garbage collector's thresholds in a server process (chat/lifecycle/gc_tuning.py).
 GC_THRESHOLDS = tuple(int(x) for x in env_str("GC_THRESHOLDS", "2000,10,100").split(","))
 if len(GC_THRESHOLDS) != 3 or min(GC_THRESHOLDS) < 1:
     raise ImproperlyConfigured("GC_THRESHOLDS must be three positive integers, e.g. 2000,10,100.")
@@ -281,10 +281,10 @@ LOG_FORMAT = env_str("LOG_FORMAT", "plain" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "chat.logs.ContextFilter"}},
+    "filters": {"context": {"()": "chat.ops.logs.ContextFilter"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s %(ids)s"},
-        "json": {"()": "chat.logs.JsonFormatter"},
+        "json": {"()": "chat.ops.logs.JsonFormatter"},
     },
     "handlers": {
         "console": {
@@ -312,7 +312,7 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 # `createsuperuser` or `demo`). The sign-in page links to sign-up only when it is on.
 SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)
 SIGNUPS_PER_HOUR_PER_ADDRESS = env_int("SIGNUPS_PER_HOUR_PER_ADDRESS", 10)  # 0: no limit
-TEMPLATES[0]["OPTIONS"]["context_processors"].append("chat.accounts.signup_context")
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("chat.web.accounts.signup_context")
 # Django's standard password checks, for sign-up (and createsuperuser, password changes).
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

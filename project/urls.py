@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from chat import accounts, login
+from chat.web import accounts, login
 
 urlpatterns = [
     # Before the admin's own routes: its sign-in page under the attempt limit.

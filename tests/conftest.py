@@ -168,7 +168,7 @@ def users(django_user_model):
 @pytest.fixture
 def conversation(users):
     """alice's conversation with bob as a member."""
-    from chat import services
+    from chat.domain import services
     from chat.models import Role
 
     conv = services.conversation_create(owner=users["alice"], title="t")
@@ -185,7 +185,7 @@ async def _settle_background_work():
     import asyncio
 
     from chat import moderation
-    from chat.generation import registry
+    from chat.generation.registry import registry
 
     await registry.wait_idle(10)
     await asyncio.wait_for(moderation.drain(), 10)

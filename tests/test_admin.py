@@ -14,7 +14,8 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import moderation, reports, services
+from chat import moderation, reports
+from chat.domain import services
 from chat.models import AdminAccessLog, Message, ModerationCase, Role
 
 pytestmark = pytest.mark.django_db

@@ -3,7 +3,7 @@ end of the interval, each reading the viewers as they are when it goes out."""
 
 import asyncio
 
-from chat.announcer import Announcer
+from chat.fanout.announcer import Announcer
 
 
 class Viewers:

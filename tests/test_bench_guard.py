@@ -132,10 +132,10 @@ def sql_writes(monkeypatch):
 @pytest.fixture
 def round_trips(monkeypatch):
     """Commands sent to Redis in one write (a pipeline is one), by what they carry: through
-    redis-py, or on this project's own connections (chat/resp.py: one write per call)."""
+    redis-py, or on this project's own connections (chat/fanout/resp.py: one write per call)."""
     from redis.asyncio import connection
 
-    from chat import resp
+    from chat.fanout import resp
 
     sent: list[bytes] = []
     original = connection.Connection.send_packed_command
@@ -223,7 +223,7 @@ async def _answer(asker, viewers, prompt: str) -> int:
 async def test_redis_commands_per_flush_and_db_writes_per_message(
     users, conversation, redis_layer, sql_writes, round_trips
 ):
-    from chat import services as chat_services
+    from chat.domain import services as chat_services
     from chat.models import Role
 
     url, prefix = redis_layer

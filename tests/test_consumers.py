@@ -9,7 +9,10 @@ import pytest
 from django.test import AsyncClient
 from django.utils import timezone
 
-from chat import fanout, replay, services, sweeper
+from chat.domain import services
+from chat.fanout import publish as fanout
+from chat.fanout import replay
+from chat.generation import sweeper
 from chat.models import Message
 from tests.sockets import connect, frames_until
 
@@ -343,7 +346,7 @@ async def test_a_viewer_connected_longer_than_the_group_expiry_keeps_receiving(
 async def test_a_socket_that_missed_deltas_gets_a_snapshot_instead_of_a_gap(users, conversation):
     from channels.layers import get_channel_layer
 
-    from chat import fanout
+    from chat.fanout import publish as fanout
 
     viewer = await connect(users["bob"], conversation.id)
     prompt = await Message.objects.acreate(conversation=conversation, role="user", content="hi")
@@ -377,8 +380,8 @@ async def test_a_socket_that_missed_deltas_gets_a_snapshot_instead_of_a_gap(user
 async def test_a_connect_that_cannot_send_its_snapshot_closes_1013_and_leaves_the_hub(
     users, conversation, monkeypatch
 ):
-    from chat import snapshots
-    from chat.hub import get_hub
+    from chat.realtime import snapshots
+    from chat.realtime.hub import get_hub
 
     async def broken(membership):
         raise ConnectionError("layer down")

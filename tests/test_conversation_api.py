@@ -8,8 +8,9 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from chat import api, services
+from chat.domain import services
 from chat.models import Conversation, Membership, Message, Role
+from chat.web import api
 from project.asgi import application
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]

@@ -9,7 +9,8 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chat import moderation, protocol, quota, selectors, services
+from chat import moderation, protocol
+from chat.domain import quota, selectors, services
 from chat.exceptions import Busy, RateLimited
 from chat.models import Membership, Message, ModerationCase, TokenUsage
 

@@ -1,4 +1,4 @@
-"""Frames written straight to a daphne socket (chat/direct_send.py), on real sockets and
+"""Frames written straight to a daphne socket (chat/realtime/direct_send.py), on real sockets and
 real Twisted and autobahn objects; the live tests run whole streams through it."""
 
 import functools
@@ -10,8 +10,9 @@ from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import selectreactor, tcp
 
-from chat import direct_send, fanout
-from chat.group_events import GroupEvents
+from chat.fanout import publish as fanout
+from chat.realtime import direct_send
+from chat.realtime.group_events import GroupEvents
 from tests.live import ROOT
 
 

@@ -1,4 +1,4 @@
-"""The client's address behind a trusted proxy (chat/forwarded.py): X-Forwarded-For is
+"""The client's address behind a trusted proxy (chat/web/forwarded.py): X-Forwarded-For is
 believed only from TRUSTED_PROXIES, read from the right, and never made up."""
 
 import os
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from asgiref.testing import ApplicationCommunicator
 
-from chat.forwarded import ForwardedClientMiddleware, forwarded_client, parse_networks
+from chat.web.forwarded import ForwardedClientMiddleware, forwarded_client, parse_networks
 from tests.live import ROOT
 
 LOOPBACK = parse_networks(("127.0.0.1",))

@@ -1,10 +1,10 @@
-"""The server's garbage-collector setup (chat/gc_tuning.py)."""
+"""The server's garbage-collector setup (chat/lifecycle/gc_tuning.py)."""
 
 import gc
 
 import pytest
 
-from chat import gc_tuning
+from chat.lifecycle import gc_tuning
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chat.limits import TokenBucket
 from chat.models import Message, TokenUsage
+from chat.realtime.limits import TokenBucket
 from tests.sockets import connect, frames_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
@@ -74,7 +74,7 @@ async def test_connections_per_user_are_capped(users, conversation, settings):
 async def test_concurrent_generations_per_user_are_capped(users, conversation, settings):
     from asgiref.sync import sync_to_async
 
-    from chat import services
+    from chat.domain import services
 
     settings.MAX_GENERATIONS_PER_USER = 1
     settings.SIMULATOR_CHUNK_MS = 5
@@ -175,7 +175,7 @@ def test_the_rate_limit_waits_for_the_limit_th_newest_prompt_to_leave_the_window
     from django.db import transaction
     from django.utils import timezone
 
-    from chat import services
+    from chat.domain import services
     from chat.exceptions import RateLimited
 
     def check_prompt_rate(user):
@@ -203,7 +203,7 @@ def test_the_rate_limit_waits_for_the_limit_th_newest_prompt_to_leave_the_window
     ids=["nul", "embedded-nul", "surrogate", "whitespace", "only-bidi", "empty", "long-emoji"],
 )
 async def test_hostile_prompts_never_reach_the_upstream(users, conversation, settings, content):
-    from chat.upstream import get_client
+    from chat.upstream.client import get_client
 
     settings.PROMPT_MAX_CHARS = 32_000
     simulator = get_client()._client._transport.simulator  # the in-process upstream
@@ -221,7 +221,7 @@ async def test_hostile_prompts_never_reach_the_upstream(users, conversation, set
 
 
 async def test_a_megabyte_of_emoji_is_closed_as_too_big_before_parsing(users, conversation):
-    from chat.upstream import get_client
+    from chat.upstream.client import get_client
 
     simulator = get_client()._client._transport.simulator
     before = simulator.requests_seen

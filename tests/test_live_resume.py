@@ -98,7 +98,7 @@ async def test_the_same_client_msg_id_racing_on_two_processes_makes_one_generati
 async def test_a_viewer_that_stops_reading_slows_no_one_and_catches_up(sessions, server):
     from websockets.asyncio.client import connect
 
-    from chat.merge import ConversationView
+    from chat.domain.merge import ConversationView
 
     alice, bob = sessions["alice"], sessions["bob"]
     conv = await alice.create_conversation(members={"bob": "member"})

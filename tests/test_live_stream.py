@@ -24,7 +24,7 @@ async def close_all(*viewers: Viewer) -> None:
 
 
 async def frames_direct(session) -> float:
-    """The server's count of frames written straight to sockets (chat/direct_send.py)."""
+    """The server's count of frames written straight to sockets (chat/realtime/direct_send.py)."""
     return await session.metric("livechat_frames_direct_total")
 
 

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat.merge import ConversationView
+from chat.domain.merge import ConversationView
 
 MID = "m1"
 

@@ -15,9 +15,11 @@ from django.core.management import call_command
 from django.test import AsyncClient
 from django.utils import timezone
 
-from chat import moderation, services, upstream
+from chat import moderation
+from chat.domain import services
 from chat.management.commands.moderate_pending import _work_until_stopped
 from chat.models import Membership, Message, ModerationCase, ModerationEvent, Role
+from chat.upstream import client as upstream
 from tests.sockets import connect as open_socket
 from tests.sockets import frames_until
 
@@ -309,9 +311,10 @@ async def test_the_moderation_call_never_delays_done(users, conversation, monkey
 async def test_a_process_drain_lets_running_moderation_calls_finish_first(
     users, conversation, monkeypatch
 ):
-    from chat import drain
+    from chat.lifecycle import drain
+    from chat.realtime import sockets
 
-    monkeypatch.setattr(drain, "_draining", False)  # restored: other tests serve on
+    monkeypatch.setattr(sockets, "_accepting", True)  # restored: other tests serve on
     alice = await connect(users["alice"], conversation.id)
     # The moderated text makes the (in-process) moderation call take 300 ms.
     done = await ask(alice, sim_reply("flagme slowly [[sim ttft_ms=300]]"))
@@ -365,7 +368,7 @@ async def test_a_timed_out_call_leaves_the_case_pending(conversation, settings, 
         async def post(self, *_path, **_request):
             await asyncio.Event().wait()
 
-    monkeypatch.setattr("chat.upstream.get_client", HungClient)
+    monkeypatch.setattr("chat.upstream.client.get_client", HungClient)
     message = await sync_to_async(answer)(conversation, "text")
     case = await sync_to_async(moderation.case_open)(message_id=message.pk)
     assert await moderation.run_case(case.pk) == moderation.FAILED
@@ -387,7 +390,7 @@ async def test_an_unreadable_moderation_answer_leaves_the_case_pending(
         async def post(self, *_path, **_request):
             return answer_json
 
-    monkeypatch.setattr("chat.upstream.get_client", OddClient)
+    monkeypatch.setattr("chat.upstream.client.get_client", OddClient)
     message = await sync_to_async(answer)(conversation, "text")
     case = await sync_to_async(moderation.case_open)(message_id=message.pk)
     assert await moderation.run_case(case.pk) == moderation.FAILED
@@ -430,7 +433,7 @@ async def test_the_periodic_task_retries_pending_cases_and_wakes_for_reports(
 async def test_with_a_worker_the_server_opens_the_case_and_the_worker_calls_moderation(
     users, conversation, settings
 ):
-    from chat import lifecycle
+    from chat.lifecycle import background as lifecycle
 
     settings.MODERATION_WORKER = True
     settings.MODERATION_RETRY_INTERVAL_S = 3600  # would start a server's retry loop

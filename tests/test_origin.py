@@ -1,4 +1,4 @@
-"""Websocket handshakes only from the site's own origin (chat/origin.py), in-process
+"""Websocket handshakes only from the site's own origin (chat/realtime/origin.py), in-process
 through the real ASGI application: scheme, host and port of the Origin must be the
 handshake's own (or a trusted origin), the Host one of ALLOWED_HOSTS."""
 

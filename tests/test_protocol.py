@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chat import fanout, protocol
+from chat import protocol
 from chat.exceptions import ChatError
-from chat.upstream import translate_error
+from chat.fanout import publish as fanout
+from chat.upstream.client import translate_error
 
 GROUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -120,7 +121,7 @@ def test_unexpected_upstream_errors_leak_no_text():
 
 
 def test_the_upstream_description_carries_no_credentials(settings):
-    from chat.upstream import describe_upstream
+    from chat.upstream.client import describe_upstream
 
     settings.USE_SIMULATOR = False
     settings.OPENAI_BASE_URL = "https://user:hunter2@llm.example:8443/v1?api-key=sk-9"
@@ -153,7 +154,7 @@ def test_bidi_overrides_are_dropped_and_right_to_left_text_kept():
 
 @given(st.text(st.characters(blacklist_categories=[])))
 def test_model_text_is_always_made_storable(text):
-    from chat.text import clean_model_text
+    from chat.domain.text import clean_model_text
 
     cleaned = clean_model_text(text)
     assert "\x00" not in cleaned

@@ -12,7 +12,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 
-from chat import login
+from chat.web import login
 from project.secret_key import KEY_FILE_EMPTY, debug_secret_key
 from tests.live import ROOT
 

@@ -1,4 +1,4 @@
-"""The hand-written statements of a prompt's database trip (chat/sql.py) on PostgreSQL.
+"""The hand-written statements of a prompt's database trip (chat/domain/sql.py) on PostgreSQL.
 
 The suite's in-process tests run on SQLite; the live tests reach these statements on
 PostgreSQL only through a working prompt. So the tests that pin down what they must do

@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
 from django.test import AsyncClient
 
-from chat import fanout, replay
+from chat.fanout import publish as fanout
+from chat.fanout import replay
 from chat.models import Message
 from tests.live import Session
 

@@ -1,4 +1,4 @@
-"""The runner's SSE decoding (chat/sse_chunks.py) against the SDK's own decoder, for any
+"""The runner's SSE decoding (chat/upstream/chunks.py) against the SDK's own decoder, for any
 events cut into network reads anywhere; the stream and fault cases of the whole runner
 are in tests/test_streaming.py."""
 
@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai._streaming import SSEDecoder
 
-from chat.sse_chunks import EventSplitter
+from chat.upstream.chunks import EventSplitter
 
 # Field values never hold a line break; anything else goes, multi-byte characters too.
 values = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]))

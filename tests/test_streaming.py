@@ -12,9 +12,9 @@ import httpx2
 import openai
 import pytest
 
+from chat.generation.runner import StreamRequest, StreamRunner
 from chat.simulator import SimSettings, simulator_client, tokenize
-from chat.streaming import StreamRequest, StreamRunner
-from chat.upstream import build_client
+from chat.upstream.client import build_client
 from tests.live import start_simulator
 
 pytestmark = pytest.mark.timeout(30)

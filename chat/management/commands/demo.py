@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
-from chat import services
+from chat.domain import services
 from chat.models import Conversation, Role
 
 DEMO_USERS = (("alice", "alice-demo-pass"), ("bob", "bob-demo-pass"))

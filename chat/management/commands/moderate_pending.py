@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from chat import moderation
-from chat.upstream import close_client
+from chat.upstream.client import close_client
 
 
 class Command(BaseCommand):

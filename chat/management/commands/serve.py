@@ -14,13 +14,13 @@ from daphne.cli import CommandLineInterface
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from chat import direct_send
+from chat.realtime import direct_send
 
 APPLICATION = "project.asgi:application"
 
 
 # autobahn applies daphne's message cap to what the server sends too. With the daphne
-# internals on, every frame to a client is written past it (chat/direct_send.py), so
+# internals on, every frame to a client is written past it (chat/realtime/direct_send.py), so
 # the cap can be the client's limit; without them, snapshots go through it and need room.
 SEND_ROOM_WITHOUT_INTERNALS = 64
 

@@ -4,7 +4,7 @@ import asyncio
 
 from django.core.management.base import BaseCommand
 
-from chat import sweeper
+from chat.generation import sweeper
 
 
 class Command(BaseCommand):

@@ -1,0 +1,77 @@
+"""The connection of this process for the one Redis round trip every flush makes.
+
+A flush appends to the replay log and publishes the delta in one round trip. Through
+redis-py each round trip paid for a pooled connection, a timeout task and its reply
+parsing in Python: more CPU than the commands themselves (bench/REPORT.md). Here all
+flushes of the process share one pipelined connection (chat/fanout/resp.py): each round trip
+is one write, its replies are matched in order however many are in flight, and the
+whole round trip runs under one `asyncio.timeout`. A connection that broke or timed out
+is closed, failing the round trips in flight; the next one opens a new connection. The
+caller decides what a failed flush means (the relay publishes through the layer and
+rebuilds the log).
+"""
+
+import asyncio
+
+import hiredis
+from django.conf import settings
+from redis import exceptions as redis_errors
+
+from chat.fanout import resp
+from chat.per_loop import PerLoop
+
+# The whole round trip, connecting included.
+TIMEOUT_S = 5.0
+
+# A write in flight: its connection and the future of its replies.
+Sent = tuple[resp.RespConnection, asyncio.Future[list[object]]]
+
+
+class Lane:
+    def __init__(self, url: str) -> None:
+        self._link = resp.OnDemand(lambda: resp.connect(url, name="livechat-lane"))
+
+    async def round_trip(self, *commands: resp.Command) -> list[object]:
+        """Send `commands` in one write and return their replies, in order; raises the
+        first error reply (redis-py's ResponseError), or the connection's error."""
+        async with asyncio.timeout(TIMEOUT_S):
+            connection = await self._link.get()
+            return await _replies(connection, connection.call(*commands))
+
+    def send_now(self, *commands: resp.Command) -> Sent | None:
+        """Write `commands` at once when the connection is open (None when it is not:
+        use `round_trip`, which connects); `confirm` then waits for their replies. For
+        a caller that must not wait a turn of the event loop to start a round trip."""
+        connection = self._link.connection
+        if connection is None or not connection.is_open:
+            return None
+        return connection, connection.call(*commands)
+
+    async def confirm(self, sent: Sent) -> list[object]:
+        """The replies of what `send_now` wrote, as `round_trip` returns them."""
+        async with asyncio.timeout(TIMEOUT_S):
+            return await _replies(*sent)
+
+
+async def _replies(
+    connection: resp.RespConnection, replies: asyncio.Future[list[object]]
+) -> list[object]:
+    try:
+        result = await replies
+    except BaseException:
+        # Broken, timed out or cancelled: a late reply must not stay pending on a
+        # connection that later round trips would wait behind.
+        connection.close()
+        raise
+    for reply in result:
+        if isinstance(reply, hiredis.ReplyError):
+            raise redis_errors.ResponseError(str(reply))
+    return result
+
+
+_lanes: PerLoop[Lane] = PerLoop()
+
+
+def get_lane() -> Lane:
+    """The lane of the running loop (connections belong to their loop)."""
+    return _lanes.get(lambda: Lane(settings.REDIS_URL))

@@ -1,0 +1,53 @@
+"""This process's open conversation sockets, and whether it takes new ones.
+
+The consumers register here; the process's background duties (a Redis comeback's
+resync, liveness refreshes, the drain on SIGTERM) and its gauges read from here, so
+none of them imports the consumer.
+"""
+
+import asyncio
+import weakref
+from typing import Protocol
+
+
+class LiveSocket(Protocol):
+    async def resync(self) -> None: ...
+
+    async def refresh_liveness(self) -> None: ...
+
+    async def leave_for_restart(self, code: int) -> None: ...
+
+
+# Weak: a socket that ended without saying so (a crash) is not kept alive by this set.
+_open: "weakref.WeakSet[LiveSocket]" = weakref.WeakSet()
+_accepting = True
+
+
+def add(socket: LiveSocket) -> None:
+    _open.add(socket)
+
+
+def discard(socket: LiveSocket) -> None:
+    _open.discard(socket)
+
+
+def live() -> list[LiveSocket]:
+    """The open, joined sockets of this process."""
+    return list(_open)
+
+
+async def resync_all() -> int:
+    """Have every open socket of this process resend its snapshot; returns how many."""
+    sockets = live()
+    await asyncio.gather(*(s.resync() for s in sockets))
+    return len(sockets)
+
+
+def accepting() -> bool:
+    """False once the process drains: new sockets are sent elsewhere (1012)."""
+    return _accepting
+
+
+def stop_accepting() -> None:
+    global _accepting
+    _accepting = False
