@@ -128,45 +128,39 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Channel layer: Redis when REDIS_URL is set (fan-out across processes), else in-memory.
 REDIS_URL = env_str("REDIS_URL")
 CHANNEL_PREFIX = env_str("CHANNEL_PREFIX", "chat")
-REDIS_CHANNEL_LAYER = env_str("REDIS_CHANNEL_LAYER", "pubsub")
-# Connections of a process's own Redis client (presence, limits, replay reads); commands
-# beyond them wait up to REDIS_POOL_WAIT_S for one to come free.
+# Connections of a process's redis-py client (presence, connection counts, replay reads);
+# commands beyond them wait up to REDIS_POOL_WAIT_S for one to come free.
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 50)
 REDIS_POOL_WAIT_S = env_float("REDIS_POOL_WAIT_S", 10.0)
-# Capacity and group expiry apply to the in-memory and core Redis layers (pub/sub has
-# neither); see docs/decisions.md "Channel capacity and group expiry".
+# Messages a channel of the layer queues before it drops (a plain consumer's channel;
+# conversation events reach sockets through listeners, which have no queue).
 CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000)
-CHANNEL_GROUP_EXPIRY_S = env_int("CHANNEL_GROUP_EXPIRY_S", 86400)
-if REDIS_URL and REDIS_CHANNEL_LAYER == "pubsub":
+# The project's own channel layer (chat/fanout/layer.py) carries every conversation
+# event, on one of its two backends: Redis (every process) or in-process.
+if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": CHANNEL_PREFIX},
-        }
-    }
-elif REDIS_URL and REDIS_CHANNEL_LAYER == "core":
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "chat.fanout.redis.layer.RedisLayer",
             "CONFIG": {
-                # Its receive blocks in BZPOPMIN for up to 5 s; redis-py 8's default socket
-                # timeout of 5 s would fail idle sockets' reads (django/channels_redis#422).
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "url": REDIS_URL,
                 "prefix": CHANNEL_PREFIX,
                 "capacity": CHANNEL_CAPACITY,
-                "group_expiry": CHANNEL_GROUP_EXPIRY_S,
+                "max_connections": REDIS_MAX_CONNECTIONS,
+                "pool_wait_s": REDIS_POOL_WAIT_S,
             },
         }
     }
-elif REDIS_URL:
-    raise ImproperlyConfigured("REDIS_CHANNEL_LAYER must be 'pubsub' or 'core'.")
 else:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": CHANNEL_CAPACITY, "group_expiry": CHANNEL_GROUP_EXPIRY_S},
+            "BACKEND": "chat.fanout.memory.InProcessLayer",
+            "CONFIG": {"prefix": CHANNEL_PREFIX, "capacity": CHANNEL_CAPACITY},
         }
     }
+# Settings of earlier layers, read no more: the startup log says so if they are set.
+RETIRED_SETTINGS = [
+    name for name in ("REDIS_CHANNEL_LAYER", "CHANNEL_GROUP_EXPIRY_S") if env_str(name)
+]
 
 # Upstream model (any OpenAI-compatible endpoint); the built-in simulator when unset.
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")

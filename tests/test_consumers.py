@@ -10,8 +10,9 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from chat.domain import services
+from chat.fanout import get_layer, groups
 from chat.fanout import publish as fanout
-from chat.fanout import replay
+from chat.fanout.layer import LogEntry
 from chat.generation import sweeper
 from chat.models import Message
 from tests.sockets import connect, frames_until
@@ -243,7 +244,7 @@ async def test_sweeper_interrupts_stale_streams_keeping_the_replay_log_text(
         heartbeat_at=timezone.now() - timedelta(seconds=60),
     )
     for seq, text in enumerate(["Hel", "lo ", "there"], start=1):
-        await replay.append(str(stale.id), seq, text)
+        get_layer().replay.append(LogEntry(str(conversation.id), str(stale.id), seq, text))
     alive = await Message.objects.acreate(
         conversation=await _other_conversation(users),
         role="assistant",
@@ -324,30 +325,7 @@ async def test_regenerate_answers_the_same_prompt_again_keeping_the_old_answer(u
     await comm.disconnect()
 
 
-async def test_a_viewer_connected_longer_than_the_group_expiry_keeps_receiving(
-    users, conversation, settings
-):
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"group_expiry": 1},
-        }
-    }
-    watcher = await connect(users["bob"], conversation.id)
-    asker = await connect(users["alice"], conversation.id)
-    await asyncio.sleep(2.5)  # both joined more than two expiries ago
-    await asker.send_json_to({"type": "prompt", "content": "Count to 12"})
-    frames = await frames_until(watcher, lambda f: f["type"] == "done")
-    assert "".join(f["text"] for f in frames if f["type"] == "delta") == count_to(12)
-    await watcher.disconnect()
-    await asker.disconnect()
-
-
 async def test_a_socket_that_missed_deltas_gets_a_snapshot_instead_of_a_gap(users, conversation):
-    from channels.layers import get_channel_layer
-
-    from chat.fanout import publish as fanout
-
     viewer = await connect(users["bob"], conversation.id)
     prompt = await Message.objects.acreate(conversation=conversation, role="user", content="hi")
     streaming = await Message.objects.acreate(
@@ -358,10 +336,10 @@ async def test_a_socket_that_missed_deltas_gets_a_snapshot_instead_of_a_gap(user
         heartbeat_at=timezone.now(),
     )
     for seq, text in enumerate(["one ", "two ", "three"], start=1):
-        await replay.append(str(streaming.id), seq, text)
+        get_layer().replay.append(LogEntry(str(conversation.id), str(streaming.id), seq, text))
     # Deltas 1 and 2 were lost on the way (an overflowing channel, an outage): 3 arrives.
-    await get_channel_layer().group_send(
-        fanout.conversation_group(conversation.id),
+    await get_layer().group_send(
+        groups.conversation(conversation.id),
         {
             "type": "chat.delta",
             "message_id": str(streaming.id),

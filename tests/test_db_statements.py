@@ -233,15 +233,19 @@ def test_usage_counts_answers_running_since_any_day_and_the_spend_of_today(users
 
 
 def test_opening_and_claiming_a_case_costs_three_statements_then_two(
-    conversation, django_assert_num_queries
+    conversation, django_assert_num_queries, settings
 ):
     message = answer(conversation, "some text")
+    before = timezone.now()
     with django_assert_num_queries(3):
         case_id, text = moderation._open_and_claim(message_id=message.pk)
+    after = timezone.now()
     case = ModerationCase.objects.get()
     assert (case.pk, text) == (case_id, "some text")
     assert (case.source, case.state, case.attempts) == ("auto", State.PENDING, 1)
-    assert case.next_attempt_at > timezone.now()
+    # Leased for the call's timeout and then some, from when it was claimed.
+    lease = timedelta(seconds=settings.MODERATION_TIMEOUT_S + moderation.LEASE_EXTRA_S)
+    assert before + lease <= case.next_attempt_at <= after + lease
     assert moderation._open_and_claim(message_id=message.pk) is None  # leased
     ModerationCase.objects.update(next_attempt_at=None)
     with django_assert_num_queries(2):

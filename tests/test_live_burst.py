@@ -11,6 +11,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from chat.fanout import groups
 from tests.live import Deployment, Session
 
 pytestmark = [
@@ -35,7 +36,7 @@ async def test_a_burst_of_joins_and_leaves_is_counted_and_cleaned_up(redis_postg
         # All at once: the server holds every handshake in flight together.
         viewers = await asyncio.gather(*(alice.viewer(conv) for _ in range(SOCKETS)))
         assert await alice.metric("livechat_connected_viewers") == SOCKETS
-        assert await redis.zcard(f"{prefix}:presence:{conv}") == SOCKETS
+        assert await redis.zcard(f"{prefix}:presence:{{{groups.conversation(conv)}}}") == SOCKETS
         observer = await bob.viewer(conv)
 
         await asyncio.gather(*(v.ws.close() for v in viewers))
@@ -43,11 +44,11 @@ async def test_a_burst_of_joins_and_leaves_is_counted_and_cleaned_up(redis_postg
 
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            left = await redis.zcard(f"{prefix}:presence:{conv}")
+            left = await redis.zcard(f"{prefix}:presence:{{{groups.conversation(conv)}}}")
             if left == 1 and await alice.metric("livechat_connected_viewers") == 1:
                 break
             await asyncio.sleep(0.2)
-        assert await redis.zcard(f"{prefix}:presence:{conv}") == 1
+        assert await redis.zcard(f"{prefix}:presence:{{{groups.conversation(conv)}}}") == 1
         assert await alice.metric("livechat_connected_viewers") == 1
         # The per-user connection counts hold bob's one socket and nothing of alice's.
         counted = [await redis.zcard(k) async for k in redis.scan_iter(f"{prefix}:conn:*")]

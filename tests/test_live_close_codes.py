@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import _redis_postgres
+from tests.conftest import live_redis_postgres
 from tests.live import UNHANDLED, Deployment, OwnRedis, Server, Session
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(120)]
@@ -119,7 +119,7 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 @pytest.mark.redis
 @pytest.mark.postgres
 async def test_connecting_while_redis_is_down_is_accepted_then_closed_1013(own_redis, tmp_path):
-    for deployment in _redis_postgres(tmp_path / "deployment", redis_url=own_redis.url):
+    for deployment in live_redis_postgres(tmp_path / "deployment", redis_url=own_redis.url):
         server = deployment.start_server()
         alice = await Session(server, "alice").login()
         conv = await alice.create_conversation()

@@ -113,7 +113,7 @@ async def follow(session: Session, conv: str, message_id: str) -> str:
 async def test_the_stream_reaches_viewers_spread_over_both_processes_by_the_proxy(cluster):
     proxy = Server(cluster.url, process=None)
     alice, bob = await Session(proxy, "alice").login(), await Session(proxy, "bob").login()
-    assert httpx2.get(f"{cluster.url}/static/chat/chat.js").status_code == 200
+    assert httpx2.get(f"{cluster.url}/static/chat/main.js").status_code == 200
     assert httpx2.get(f"{cluster.url}/metrics").status_code == 404  # not public via the proxy
     conv = await alice.create_conversation(members={"bob": "member"})
     # The last two ask for compact deltas: the proxy passes the subprotocol both ways.
@@ -207,9 +207,12 @@ def test_the_proxy_serves_static_files_from_a_private_folder(cluster, private_di
     assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
     assert static_root.is_relative_to(private_dir)
     assert cluster.run_dir.is_relative_to(private_dir)
-    response = httpx2.get(f"{cluster.url}/static/chat/chat.js", timeout=10)
+    response = httpx2.get(f"{cluster.url}/static/chat/main.js", timeout=10)
     assert response.status_code == 200
-    assert response.content == (static_root / "chat" / "chat.js").read_bytes()
+    # The page's scripts are ES modules: a browser runs them only with a JavaScript type.
+    kind = response.headers["content-type"].split(";")[0]
+    assert kind in ("text/javascript", "application/javascript"), kind
+    assert response.content == (static_root / "chat" / "main.js").read_bytes()
 
 
 def from_address(cluster: Cluster, address: str) -> httpx2.AsyncClient:

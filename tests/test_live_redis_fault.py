@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import _redis_postgres
+from tests.conftest import live_redis_postgres
 from tests.live import Deployment, OwnRedis, Session
 
 pytestmark = [
@@ -35,7 +35,7 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 @pytest.fixture
 def fault_deployment(own_redis: OwnRedis, tmp_path: Path) -> Iterator[Deployment]:
-    yield from _redis_postgres(tmp_path / "deployment", redis_url=own_redis.url)
+    yield from live_redis_postgres(tmp_path / "deployment", redis_url=own_redis.url)
 
 
 async def test_redis_restart_mid_stream_loses_nothing(fault_deployment, own_redis):
@@ -83,7 +83,7 @@ def persistent_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 async def test_a_viewer_who_left_while_redis_restarted_leaves_presence(persistent_redis, tmp_path):
-    for deployment in _redis_postgres(tmp_path / "deployment", redis_url=persistent_redis.url):
+    for deployment in live_redis_postgres(tmp_path / "deployment", redis_url=persistent_redis.url):
         server = deployment.start_server()
         alice = await Session(server, "alice").login()
         bob = await Session(server, "bob").login()
@@ -110,7 +110,7 @@ async def test_a_viewer_who_left_while_redis_restarted_leaves_presence(persisten
 
 
 async def test_idle_sockets_on_the_core_layer_stay_open_and_counted_once(tmp_path):
-    for deployment in _redis_postgres(tmp_path / "core"):
+    for deployment in live_redis_postgres(tmp_path / "core"):
         server = deployment.start_server(REDIS_CHANNEL_LAYER="core")
         alice = await Session(server, "alice").login()
         conv = await alice.create_conversation()

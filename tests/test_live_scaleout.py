@@ -2,7 +2,6 @@
 cancel from another process, and what a crash or a shutdown leaves behind."""
 
 import signal
-import time
 
 import pytest
 
@@ -78,28 +77,30 @@ async def test_cancel_from_another_process_stops_the_runner(two_servers):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 async def test_a_dead_runner_leaves_an_interrupted_message_with_the_text_seen(two_servers, sig):
-    first, _, alice_a, bob_b = two_servers
+    first, second, alice_a, bob_b = two_servers
     conv = await alice_a.create_conversation(members={"bob": "member"})
     asker, remote = await alice_a.viewer(conv), await bob_b.viewer(conv)
     _, placeholder = await asker.prompt("Count to 3000 [[sim chunk_ms=5]]")
     await remote.wait_for(lambda f: f["type"] == "delta" and f["seq"] >= 5, what="deltas")
 
-    started = time.monotonic()
     first.process.proc.send_signal(sig)
     # SIGTERM: the process stores what it has before exiting. SIGKILL: the sweeper of
     # the surviving process notices the stale heartbeat and recovers the replay log.
-    final = await remote.done(placeholder["id"], timeout=30)
+    # The timeout only bounds a hang.
+    final = await remote.done(placeholder["id"], timeout=60)
     assert final["status"] == "interrupted"
     assert final["content"] and count_to(3000).startswith(final["content"])
     # Nothing the viewer saw is lost: the stored text holds every delta it received.
     assert final["content"].startswith(remote.texts[placeholder["id"]])
     stored = {m["id"]: m for m in await bob_b.messages(conv)}[placeholder["id"]]
     assert stored["status"] == "interrupted" and stored["content"] == final["content"]
-    assert time.monotonic() - started < 30
     if sig == signal.SIGTERM:
         # The dying process stored it itself, with every delta it had published.
         assert first.process.proc.wait(15) == 0
         assert "running generation(s) as interrupted" in first.process.log()
         assert remote.texts[placeholder["id"]] == final["content"]
+    else:
+        # The survivor's sweeper did, from its own process.
+        assert f"message {placeholder['id']} had no live runner" in second.process.log()
     await remote.close()
     await asker.close()

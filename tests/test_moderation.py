@@ -294,7 +294,7 @@ async def test_the_moderation_call_never_delays_done(users, conversation, monkey
         await release.wait()
         return FLAGGED
 
-    monkeypatch.setattr(moderation, "moderate_text", slow_moderation)
+    monkeypatch.setattr(moderation.worker, "moderate_text", slow_moderation)
     alice = await connect(users["alice"], conversation.id)
     done = await ask(alice, sim_reply("hello"))
     assert done["status"] == "complete"
@@ -441,7 +441,8 @@ async def test_with_a_worker_the_server_opens_the_case_and_the_worker_calls_mode
     done = await ask(alice, sim_reply("I will flagme now"))
     await alice.disconnect()
     loop = asyncio.get_running_loop()
-    assert not [t for t in moderation._tasks if t.get_loop() is loop]  # no call in the server
+    # No call in the server.
+    assert not [t for t in moderation.worker._tasks if t.get_loop() is loop]
     background = {t.get_name() for t in lifecycle._background if t.get_loop() is loop}
     assert "moderation-retry" not in background
     case = await ModerationCase.objects.aget(message_id=done["id"])
@@ -479,7 +480,7 @@ async def test_a_pass_calls_up_to_its_concurrency_and_stops_when_the_endpoint_lo
             raise RuntimeError("endpoint down")
         return CLEAN
 
-    monkeypatch.setattr(moderation, "moderate_text", moderate_text)
+    monkeypatch.setattr(moderation.worker, "moderate_text", moderate_text)
     report = await moderation.retry_pending(concurrency=4)
     assert (report.backfilled, report.moderated, report.failed, most) == (10, 10, 0, 4)
 
@@ -504,7 +505,7 @@ async def test_a_worker_pass_judges_cases_in_batches_of_one_call(conversation, m
         calls.append(list(batch))
         return await call(batch)  # the simulator: a result per input, in order
 
-    monkeypatch.setattr(moderation, "moderate_texts", recording)
+    monkeypatch.setattr(moderation.worker, "moderate_texts", recording)
     report = await moderation.retry_pending(batch=4, concurrency=2)
     assert [len(batch) for batch in calls] == [4, 4, 2]
     assert sorted(text for batch in calls for text in batch) == sorted(texts)
@@ -528,7 +529,7 @@ async def test_an_answer_deleted_during_its_batch_call_is_skipped_not_the_batch(
         await Message.objects.filter(pk=messages[1].pk).adelete()  # its case goes too
         return await call(batch)
 
-    monkeypatch.setattr(moderation, "moderate_texts", deleting_one)
+    monkeypatch.setattr(moderation.worker, "moderate_texts", deleting_one)
     report = await moderation.retry_pending(batch=3)
     assert (report.moderated, report.failed, report.paused) == (2, 0, False)
     assert await ModerationCase.objects.filter(state=State.AUTO_APPROVED).acount() == 2

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from chat import protocol
 from chat.exceptions import ChatError
-from chat.fanout import publish as fanout
+from chat.fanout import groups
 from chat.upstream.client import translate_error
 
 GROUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -104,14 +104,14 @@ def test_a_compact_delta_of_an_unexpected_long_frame_is_built_anew():
 
 @given(st.uuids())
 def test_group_names_are_valid_for_channels(value):
-    for name in (fanout.conversation_group(value), fanout.generation_group(str(value))):
+    for name in (groups.conversation(value), groups.generation(str(value))):
         assert set(name) <= GROUP_NAME_CHARS and len(name) < 100
 
 
 def test_group_names_refuse_anything_but_ids():
     with pytest.raises(ValueError, match="badly formed"):
-        fanout.conversation_group("../../etc; DROP")
-    assert fanout.conversation_group(uuid.UUID(int=1)) != fanout.generation_group(uuid.UUID(int=1))
+        groups.conversation("../../etc; DROP")
+    assert groups.conversation(uuid.UUID(int=1)) != groups.generation(uuid.UUID(int=1))
 
 
 def test_unexpected_upstream_errors_leak_no_text():

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis.exceptions
 
-from chat.fanout.redis_lane import Lane
+from chat.fanout.redis.lane import Lane
 from tests import services
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
@@ -48,7 +48,7 @@ async def test_an_error_reply_is_raised_and_the_replies_after_it_stay_matched(la
 async def test_send_now_writes_before_anything_is_awaited_and_confirm_reads_the_replies(
     lane_key, monkeypatch
 ):
-    from chat.fanout import redis_lane
+    from chat.fanout.redis import lane as redis_lane
 
     lane = Lane(services.REDIS_BASE_URL)
     assert lane.send_now(("SET", lane_key, "1")) is None  # no connection yet: round_trip
@@ -69,7 +69,7 @@ async def test_send_now_writes_before_anything_is_awaited_and_confirm_reads_the_
 
 
 async def test_a_round_trip_that_times_out_closes_the_connection(lane_key, monkeypatch):
-    from chat.fanout import redis_lane
+    from chat.fanout.redis import lane as redis_lane
 
     lane = Lane(services.REDIS_BASE_URL)
     await lane.round_trip(("SET", lane_key, "1"))

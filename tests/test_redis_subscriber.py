@@ -1,4 +1,4 @@
-"""The hub's own pub/sub connection (chat/fanout/redis_subscriber.py) against real Redis
+"""The hub's own pub/sub connection (chat/fanout/redis/subscriber.py) against real Redis
 servers: messages in order, unsubscribing, and a connection that is killed, goes silent
 or cannot be made."""
 
@@ -9,8 +9,8 @@ import uuid
 import pytest
 import redis
 
-from chat.fanout import redis_subscriber
-from chat.fanout.redis_subscriber import Subscriber
+from chat.fanout.redis import subscriber as redis_subscriber
+from chat.fanout.redis.subscriber import Subscriber
 from tests import services
 from tests.live import free_port, spawn
 

@@ -41,6 +41,7 @@ from chat.simulator import (
     tokenize,
 )
 from chat.simulator.plan import Event
+from tests import virtual_time
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT_PROMPT = "Count to 100, with a comma between each number"
@@ -57,6 +58,13 @@ def user(text: str) -> list[dict[str, Any]]:
 def content_of(chunks: list[Any]) -> list[str]:
     """The content pieces of streamed chunks, in order."""
     return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+
+
+async def content_stream(stream: Any) -> AsyncIterator[str]:
+    """The content pieces of a stream, each as it arrives."""
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            yield chunk.choices[0].delta.content
 
 
 async def stream_chat(client: openai.AsyncOpenAI, text: str, **kwargs: Any) -> AsyncIterator[Any]:
@@ -240,8 +248,9 @@ async def client() -> AsyncIterator[openai.AsyncOpenAI]:
     await sim_client.close()
 
 
-def check_count_stream(chunks: list[Any]) -> None:
-    """The full OpenAI stream shape for the count-to-100 prompt with usage."""
+def check_count_stream(chunks: list[Any], sent_between: tuple[float, float]) -> None:
+    """The full OpenAI stream shape for the count-to-100 prompt with usage, streamed
+    between the two `time.time()` readings of `sent_between`."""
     first = chunks[0]
     assert first.object == "chat.completion.chunk"
     assert first.choices[0].delta.role == "assistant"
@@ -262,13 +271,15 @@ def check_count_stream(chunks: list[Any]) -> None:
     assert all(c.system_fingerprint == "fp_sim" and c.model == MODEL for c in chunks)
     stamps = [c.sim_ts for c in chunks if c.choices and c.choices[0].delta.content]
     assert stamps == sorted(stamps)
-    assert abs(stamps[0] - time.time()) < 60
+    # `sim_ts` is the wall clock at emission: read within the request, whatever it took.
+    assert sent_between[0] <= stamps[0] and stamps[-1] <= sent_between[1]
 
 
 async def test_streams_count_to_100(client: openai.AsyncOpenAI) -> None:
+    before = time.time()
     stream = await stream_chat(client, COUNT_PROMPT, stream_options={"include_usage": True})
     chunks = [chunk async for chunk in stream]
-    check_count_stream(chunks)
+    check_count_stream(chunks, (before, time.time()))
 
 
 async def test_documented_client_construction() -> None:
@@ -342,13 +353,35 @@ async def test_cut_after_ends_silently(client: openai.AsyncOpenAI) -> None:
     assert all(c.usage is None for c in chunks)
 
 
-async def test_stall_after_pauses_then_continues(client: openai.AsyncOpenAI) -> None:
-    stream = await stream_chat(client, "count to 3 [[sim fault=stall_after n=2 stall_s=0.3]]")
-    chunks = [chunk async for chunk in stream]
-    stamps = [c.sim_ts for c in chunks if c.choices and c.choices[0].delta.content]
-    assert "".join(content_of(chunks)) == "1, 2, 3"
-    assert stamps[2] - stamps[1] >= 0.29
-    assert stamps[1] - stamps[0] < 0.2
+def test_stall_after_pauses_then_continues() -> None:
+    text = "count to 3 [[sim fault=stall_after n=2 stall_s=0.3]]"
+    # The plan: one pause, after the second content chunk, and nothing else skipped.
+    sim = Simulator(SimSettings(ttft_ms=0, chunk_ms=0))
+    plan = sim.handle("POST", "/v1/chat/completions", chat_body(text, stream=True))
+    steps: list[str | Sleep] = []
+    for event in plan.events:
+        steps += [event] if isinstance(event, Sleep) else content_pieces([event])
+    assert steps == ["1", ",", Sleep(0.3), " ", "2", ",", " ", "3"]
+
+    # The transport: the SDK gets the first two at once and the rest 0.3 s later, on
+    # a loop clock that jumps to each timer (the wait is the plan's, not the machine's).
+    async def arrivals() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        async with simulator_client(SimSettings(ttft_ms=0, chunk_ms=0), max_retries=0) as sdk:
+            start = loop.time()
+            stream = await stream_chat(sdk, text)
+            return [(piece, loop.time() - start) async for piece in content_stream(stream)]
+
+    later = pytest.approx(0.3)
+    assert virtual_time.run(arrivals()) == [
+        ("1", 0.0),
+        (",", 0.0),
+        (" ", later),
+        ("2", later),
+        (",", later),
+        (" ", later),
+        ("3", later),
+    ]
 
 
 async def test_early_close_stops_a_stalled_stream_promptly(client: openai.AsyncOpenAI) -> None:
@@ -571,10 +604,12 @@ async def socket_client(sim_server: int) -> AsyncIterator[openai.AsyncOpenAI]:
 @pytest.mark.multiprocess
 async def test_socket_streams_count_to_100(socket_client: openai.AsyncOpenAI) -> None:
     for _ in range(2):  # the second request reuses the pooled keep-alive connection
+        before = time.time()
         stream = await stream_chat(
             socket_client, COUNT_PROMPT, stream_options={"include_usage": True}
         )
-        check_count_stream([chunk async for chunk in stream])
+        chunks = [chunk async for chunk in stream]
+        check_count_stream(chunks, (before, time.time()))
 
 
 @pytest.mark.multiprocess

@@ -13,11 +13,10 @@ from typing import Any
 import httpx2
 import pytest
 import redis.asyncio as aioredis
-from channels.layers import get_channel_layer
 from django.test import AsyncClient
 
+from chat.fanout import get_layer, groups
 from chat.fanout import publish as fanout
-from chat.fanout import replay
 from chat.models import Message
 from tests.live import Session
 
@@ -247,7 +246,7 @@ async def test_sse_disconnect_unsubscribes_its_redis_channels(sessions, server, 
     alice, bob = sessions["alice"], sessions["bob"]
     conv = await alice.create_conversation(members={"bob": "member"})
     prefix = deployment.env["CHANNEL_PREFIX"]
-    group_channel = f"{prefix}__group__{fanout.conversation_group(conv)}"
+    conversation_channel = f"{prefix}:group:{{{groups.conversation(conv)}}}"
     client = aioredis.Redis.from_url(deployment.env["REDIS_URL"])
 
     async def subscribed() -> set[str]:
@@ -258,8 +257,9 @@ async def test_sse_disconnect_unsubscribes_its_redis_channels(sessions, server, 
         stream = await open_stream(bob, conv)
         await stream.wait_for(lambda e: e.event == "snapshot")
         added = await subscribed() - before
-        assert group_channel in added
-        assert len([c for c in added if c.startswith(f"{prefix}specific.")]) == 1
+        # The conversation's and its user's groups, once for the process.
+        assert conversation_channel in added
+        assert len([c for c in added if c.startswith(f"{prefix}:group:{{user.")]) == 1
         await stream.close()
         for _ in range(100):  # the server notices the disconnect, then unsubscribes
             if await subscribed() == before:
@@ -336,12 +336,17 @@ class InProcessStream:
         self._ready: list[Sse] = []
         self.session_key = ""
 
-    async def next(self, timeout: float = 5) -> Sse:
-        while not self._ready:
-            # A timeout cancels the read, which ends the stream as a disconnect does.
-            chunk = await asyncio.wait_for(anext(self._chunks), timeout)
-            self._ready.extend(self._parser.feed(chunk))
-        return self._ready.pop(0)
+    async def next(self, timeout: float = 5, *, presence: bool = False) -> Sse:
+        """The next event; the stream's own presence announcements (its reader is a
+        viewer too) are passed over unless `presence`."""
+        while True:
+            while not self._ready:
+                # A timeout cancels the read, which ends the stream as a disconnect does.
+                chunk = await asyncio.wait_for(anext(self._chunks), timeout)
+                self._ready.extend(self._parser.feed(chunk))
+            event = self._ready.pop(0)
+            if presence or event.event != "presence" or event.json()["viewers"] == []:
+                return event
 
 
 @pytest.fixture
@@ -359,9 +364,9 @@ def streaming_message(conversation):
         conversation=conversation, role="assistant", status="streaming", content="a", seq=1
     )
     message_id = str(message.id)
-    replay._memory_logs[message_id] = ["a", "b", "c"]
+    get_layer().replay.logs[message_id] = ["a", "b", "c"]
     yield message
-    replay._memory_logs.pop(message_id, None)
+    get_layer().replay.logs.pop(message_id, None)
 
 
 async def open_in_process(user: Any, conversation_id: Any, **kwargs: Any) -> InProcessStream:
@@ -428,10 +433,10 @@ async def test_sse_resume_falls_back_to_a_snapshot(
     finished = await Message.objects.acreate(
         conversation=conversation, role="assistant", status="complete", content="done", seq=2
     )
-    replay._memory_logs[str(finished.id)] = ["do", "ne"]
+    get_layer().replay.logs[str(finished.id)] = ["do", "ne"]
     if last_event_id.endswith(" no log"):
         last_event_id = last_event_id.removesuffix(" no log")
-        del replay._memory_logs[mid]
+        del get_layer().replay.logs[mid]
     value = last_event_id.format(mid=mid, other=uuid.uuid4(), finished=finished.id)
     try:
         stream = await open_in_process(
@@ -439,12 +444,12 @@ async def test_sse_resume_falls_back_to_a_snapshot(
         )
         snapshot = await stream.next()
     finally:
-        replay._memory_logs.pop(str(finished.id), None)
+        get_layer().replay.logs.pop(str(finished.id), None)
     assert snapshot.event == "snapshot"
     held = {m["id"]: m for m in snapshot.json()["messages"]}[mid]
     # From the log if there is one, else the checkpoint; live deltas at or below it drop.
     assert (held["content"], held["seq"]) == (
-        ("abc", 3) if mid in replay._memory_logs else ("a", 1)
+        ("abc", 3) if mid in get_layer().replay.logs else ("a", 1)
     )
     await fanout.publish_delta(conversation.id, mid, held["seq"], "dup")
     await fanout.publish_delta(conversation.id, mid, held["seq"] + 1, "next")
@@ -481,7 +486,7 @@ REVOCATIONS = {
 @pytest.mark.parametrize("name", REVOCATIONS)
 async def test_sse_lost_access_ends_the_stream_with_an_error_event(users, conversation, name):
     revoke, code, revoke_other = REVOCATIONS[name]
-    layer = get_channel_layer()
+    layer = get_layer()
     bob = users["bob"]
     stream = await open_in_process(bob, conversation.id)
     assert (await stream.next()).event == "snapshot"
@@ -495,8 +500,8 @@ async def test_sse_lost_access_ends_the_stream_with_an_error_event(users, conver
     assert error.json()["code"] == code
     with pytest.raises(StopAsyncIteration):
         await stream.next()
-    assert fanout.conversation_group(conversation.id) not in layer.groups
-    assert fanout.user_group(bob.pk) not in layer.groups
+    assert not layer.wants(groups.conversation(conversation.id))
+    assert not layer.wants(groups.user(bob.pk))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -507,7 +512,7 @@ async def test_sse_lost_deltas_are_healed_with_a_fresh_snapshot(
     mid = str(streaming_message.id)
     stream = await open_in_process(users["bob"], conversation.id)
     assert (await stream.next()).json()["messages"][0]["seq"] == 3
-    replay._memory_logs[mid] += ["d", "e"]
+    get_layer().replay.logs[mid] += ["d", "e"]
     await fanout.publish_delta(conversation.id, mid, 5, "e")  # 4 never arrived
     snapshot = (await stream.next()).json()
     assert snapshot["type"] == "snapshot"
@@ -519,19 +524,16 @@ async def test_sse_lost_deltas_are_healed_with_a_fresh_snapshot(
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(30)
 async def test_sse_disconnect_leaves_the_group_and_stops_receiving(users, conversation):
-    layer = get_channel_layer()
-    group = fanout.conversation_group(conversation.id)
+    layer = get_layer()
+    group = groups.conversation(conversation.id)
     stream = await open_in_process(users["bob"], conversation.id)
     assert (await stream.next()).event == "snapshot"
-    (channel,) = layer.groups[group]
-    assert channel in layer.groups[fanout.user_group(users["bob"].pk)]
-    assert channel in layer.channels  # a receive is waiting on it
+    assert layer.wants(group) and layer.wants(groups.user(users["bob"].pk))
     # What Django's ASGI handler does when the client goes: cancel the response task.
     reader = asyncio.ensure_future(stream.next(timeout=20))
     await asyncio.sleep(0.05)
     reader.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reader
-    assert group not in layer.groups
-    assert fanout.user_group(users["bob"].pk) not in layer.groups
-    assert channel not in layer.channels
+    assert not layer.wants(group)
+    assert not layer.wants(groups.user(users["bob"].pk))

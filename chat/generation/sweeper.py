@@ -15,8 +15,7 @@ from django.utils import timezone
 from chat import protocol
 from chat.domain import quota
 from chat.domain.db import db
-from chat.fanout import publish as fanout
-from chat.fanout import replay
+from chat.fanout import get_layer, publish
 from chat.models import Message
 
 log = logging.getLogger(__name__)
@@ -64,23 +63,29 @@ async def sweep() -> int:
     """Interrupt every stale streaming message; returns how many were interrupted."""
     count = 0
     for message_id, conversation_id in await db(_stale_ids)():
-        state = None
+        logged = None
         try:
-            state = await replay.read(message_id)
+            logged = await get_layer().replay.read(conversation_id, message_id)
         except Exception:
             log.warning("replay log unreadable for %s; keeping the checkpoint", message_id)
         checkpoint = (
             await Message.objects.filter(pk=message_id).values_list("seq", flat=True).afirst()
         )
-        use_log = state is not None and checkpoint is not None and state.seq > checkpoint
-        message = await db(_mark_interrupted)(
-            message_id, state.text if use_log else None, state.seq if use_log else None
+        # The log's text when it holds more than the checkpoint (all that viewers saw).
+        text, seq = (
+            logged
+            if logged and checkpoint is not None and logged[1] > checkpoint
+            else (
+                None,
+                None,
+            )
         )
+        message = await db(_mark_interrupted)(message_id, text, seq)
         if message is None:
             continue
         count += 1
         log.warning("message %s had no live runner: stored as interrupted", message_id)
         # A runner that was only held up (a frozen process) stops at once when it wakes.
-        await fanout.request_cancel(message_id, kind="lost")
-        await fanout.publish_done(conversation_id, message_id, protocol.message_payload(message))
+        await publish.request_cancel(message_id, kind="lost")
+        await publish.publish_done(conversation_id, message_id, protocol.message_payload(message))
     return count

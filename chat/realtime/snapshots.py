@@ -8,7 +8,7 @@ from typing import Any
 from chat import protocol
 from chat.domain import selectors
 from chat.domain.db import db
-from chat.fanout import presence, replay
+from chat.fanout import get_layer, presence
 from chat.models import Membership, Message
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ async def build(membership: Membership) -> dict[str, Any]:
     for message in messages:
         payload = protocol.message_payload(message)
         if message.status == Message.Status.STREAMING:
-            await _merge_replay_log(payload)
+            await _merge_replay_log(payload, str(conversation.id))
         payloads.append(payload)
     return {
         "type": "snapshot",
@@ -51,15 +51,15 @@ def shown_seqs(frame: dict[str, Any]) -> dict[str, int]:
     }
 
 
-async def _merge_replay_log(payload: dict[str, Any]) -> None:
+async def _merge_replay_log(payload: dict[str, Any], conversation_id: str) -> None:
     """Bring a streaming message's text up to the replay log (ahead of the checkpoint)."""
     try:
-        state = await replay.read(payload["id"])
+        logged = await get_layer().replay.read(conversation_id, payload["id"])
     except Exception:
         log.warning("replay log unreadable; snapshot uses the checkpoint", exc_info=True)
         return
-    if state is not None and state.seq >= payload["seq"]:
-        payload["content"], payload["seq"] = state.text, state.seq
+    if logged is not None and logged[1] >= payload["seq"]:
+        payload["content"], payload["seq"] = logged
 
 
 async def _viewers(conversation_id: str) -> list[dict[str, str]]:

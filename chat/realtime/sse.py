@@ -1,7 +1,13 @@
 """`GET /api/conversations/<id>/events`: a conversation as server-sent events, for clients
-that cannot hold a websocket. A `snapshot`, then every group event named by its frame type;
-`delta` events carry `id: <message_id>:<seq>`, so a client reconnecting with Last-Event-ID
-gets only the deltas it missed (from the replay log) instead of a new snapshot."""
+that cannot hold a websocket.
+
+An event stream is a viewer like a socket (`viewer.Viewer`, through the process's hub):
+a `snapshot`, then every group event named by its frame type, with the same rules for
+`seq`, gaps, final messages and revoked access; it counts among its user's connections
+and shows in presence. `delta` events carry `id: <message_id>:<seq>`, so a client
+reconnecting with Last-Event-ID gets only the deltas it missed (from the replay log)
+instead of a new snapshot.
+"""
 
 import asyncio
 import json
@@ -11,8 +17,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
@@ -20,21 +26,32 @@ from chat import protocol
 from chat.domain import selectors
 from chat.domain.db import db
 from chat.exceptions import TooManyConnections
-from chat.fanout import presence, replay
-from chat.fanout import publish as fanout
+from chat.fanout import get_layer, groups
 from chat.models import Membership, Message
-from chat.realtime import limits, snapshots
+from chat.protocol import CLOSE_NO_CONVERSATION, CLOSE_NOT_MEMBER, CLOSE_NOT_SIGNED_IN
+from chat.realtime import snapshots, sockets
+from chat.realtime.attendance import Attendance
+from chat.realtime.hub import get_hub
+from chat.realtime.viewer import Viewer
 
 log = logging.getLogger(__name__)
 
 # Seconds of silence before a comment line: proxies close idle connections (often after
-# 30-60 s). The setting SSE_KEEPALIVE_S overrides it.
+# 30-60 s). Each also re-checks the reader's access. The setting SSE_KEEPALIVE_S
+# overrides it.
 KEEPALIVE_S = 15.0
 # A stream refused for the user's connection limit asks EventSource to wait this long.
 RETRY_AFTER_REFUSAL_MS = 30_000
 # protocol.dumps keeps the key order of the frames it is given; all of ours start with
 # "type", so the event name is read without parsing the whole (maybe long) frame.
 _FRAME_TYPE = re.compile(r'\{"type":"([a-z_]{1,32})"')
+# How an ended stream's last event names the reason it ended.
+_ENDINGS = {
+    CLOSE_NOT_MEMBER: ("forbidden", "You are no longer a member of this conversation."),
+    CLOSE_NO_CONVERSATION: ("not_found", "The conversation was deleted."),
+    CLOSE_NOT_SIGNED_IN: ("not_signed_in", "Signed out."),
+}
+_END = object()
 
 
 def _error(code: str, detail: str, status: int) -> JsonResponse:
@@ -43,11 +60,8 @@ def _error(code: str, detail: str, status: int) -> JsonResponse:
 
 @require_GET
 async def events(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
-    """Authorize as the API does (401, then 404 for "not yours" and "no such id"), stream.
-
-    No `lifecycle.ensure_started()` here, unlike the consumer: a task started from a view
-    (behind sync middleware) keeps the request's CurrentThreadExecutor, dead after it.
-    """
+    """Authorize as the API does (401, then 404 for "not yours" and "no such id"; 429
+    at the user's connection limit), then stream."""
     user = await request.auser()
     if not user.is_authenticated:
         return _error("not_signed_in", "Sign in first.", 401)
@@ -57,16 +71,27 @@ async def events(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
     if await _at_connection_limit(user.pk):
         error = TooManyConnections()
         return _error(error.code, error.detail, 429)
+    session_hash = await db(request.session.get)(HASH_SESSION_KEY)
+    stream = EventStream(membership, user, request.session, session_hash)
     last_id = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id", "")
-    # Subscribe in the generator, not here: it owns every resource, so a client gone
-    # before streaming starts (the generator never runs) leaks nothing.
-    stream = _stream(
-        membership, user.get_username(), request.session.session_key, _parse_event_id(last_id)
+    # Joined in the generator, not here: it owns every resource, so a client gone before
+    # streaming starts (the generator never runs) leaks nothing.
+    response = StreamingHttpResponse(
+        stream.run(_parse_event_id(last_id)), content_type="text/event-stream"
     )
-    response = StreamingHttpResponse(stream, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx would buffer the stream otherwise
     return response
+
+
+async def _at_connection_limit(user_id: int) -> bool:
+    """Whether the user already holds WS_MAX_CONNECTIONS_PER_USER sockets and streams."""
+    try:
+        count = await get_layer().connections.count(user_id)
+    except Exception as exc:
+        log.warning("connection count unavailable: %r", exc)
+        return False
+    return count >= settings.WS_MAX_CONNECTIONS_PER_USER
 
 
 def _parse_event_id(value: str) -> tuple[str, int] | None:
@@ -93,216 +118,159 @@ def _frame_type(text: str) -> str:
     return kind if isinstance(kind, str) and kind.isidentifier() else "message"
 
 
-async def _missing_deltas(
-    conversation_id: uuid.UUID, message_id: str, seq: int
-) -> list[tuple[int, str]] | None:
-    """Deltas after `seq` as (seq, text), or None when only a snapshot will do."""
-    message = await db(selectors.message_get)(
-        conversation_id=conversation_id, message_id=message_id
-    )
-    if message is None or message.status != Message.Status.STREAMING:
-        return None  # finished (its `done` went by) or not ours: the snapshot has it
-    try:
-        return await replay.entries(message_id, seq)
-    except Exception:
-        log.warning("replay log unreadable; resuming with a snapshot", exc_info=True)
-        return None
+class EventStream(Viewer):
+    """One client's event stream of one conversation."""
 
+    def __init__(self, membership: Membership, user: Any, session: Any, session_hash: Any):
+        self.membership, self.user, self.session = membership, user, session
+        self.session_hash = session_hash
+        self.conversation_id = membership.conversation_id
+        self.sent_seq = {}
+        self.out: asyncio.Queue[str | object] = asyncio.Queue()
+        self.attendance = Attendance(
+            viewer_id=f"sse.{uuid.uuid4().hex}",
+            user_id=user.pk,
+            username=user.get_username(),
+            conversation_id=str(self.conversation_id),
+        )
+        self.groups = (groups.conversation(self.conversation_id), groups.user(user.pk))
 
-def _revoked(event: dict[str, Any], user_id: int, session_key: str | None) -> str | None:
-    """The `error` frame ending the stream if the event takes this client's access away."""
-    kind = event.get("type")
-    if kind == "chat.member_removed" and event["user_id"] == user_id:
-        error = ("forbidden", "You are no longer a member of this conversation.")
-    elif kind == "chat.conversation_deleted":
-        error = ("not_found", "The conversation was deleted.")
-    elif kind == "chat.signed_out" and event.get("session_key") in (None, session_key):
-        error = ("not_signed_in", "Signed out.")
-    else:
-        return None
-    return protocol.dumps({"type": "error", "code": error[0], "detail": error[1]})
+    # ---- what the viewer needs ----------------------------------------------------------
 
+    async def send_text(self, text: str) -> None:
+        self.out.put_nowait(_event(_frame_type(text), text))
 
-async def _snapshot(membership: Membership, held: dict[str, int]) -> str:
-    frame = await snapshots.build(membership)
-    held.update(snapshots.shown_seqs(frame))
-    return _event("snapshot", protocol.dumps(frame))
+    async def send_delta(self, event: dict[str, Any]) -> None:
+        event_id = f"{event['message_id']}:{event['seq']}"
+        self.out.put_nowait(_event("delta", event["text"], event_id))
 
+    async def build_snapshot(self) -> dict[str, Any]:
+        return await snapshots.build(self.membership)
 
-async def _at_connection_limit(user_id: int) -> bool:
-    """Whether the user already holds WS_MAX_CONNECTIONS_PER_USER sockets and streams."""
-    try:
-        return await limits.connection_count(user_id) >= settings.WS_MAX_CONNECTIONS_PER_USER
-    except Exception as exc:
-        log.warning("connection count unavailable: %r", exc)
+    async def refuse(self, code: int, why: str) -> None:
+        """End the stream with an `error` event saying why (a closing code's meaning)."""
+        log.info("ending event stream of user %s: %s", self.user.pk, why)
+        self.joined = False
+        error = _ENDINGS.get(code, ("unavailable", "The server ended the stream."))
+        frame = {"type": "error", "code": error[0], "detail": error[1]}
+        self.out.put_nowait(_event("error", protocol.dumps(frame)))
+        self.out.put_nowait(_END)
+
+    async def dispatch_other(self, event: dict[str, Any]) -> None:
+        handler = getattr(self, event.get("type", "").replace(".", "_"), None)
+        if handler is not None and event["type"].startswith("chat."):
+            await handler(event)
+
+    @property
+    def session_key(self) -> str | None:
+        return self.session.session_key
+
+    # ---- the process's duties -----------------------------------------------------------
+
+    async def leave_for_restart(self, code: int) -> None:
+        """This process is draining: end the stream; EventSource reconnects (through the
+        proxy, to another process) and resumes from Last-Event-ID."""
+        self.joined = False
+        self.out.put_nowait(_END)
+
+    async def refresh_liveness(self) -> None:
+        await self.attendance.confirm()
+
+    # ---- the stream ---------------------------------------------------------------------
+
+    async def run(self, resume: tuple[str, int] | None) -> AsyncIterator[str]:
+        """The stream's text. A disconnect cancels it (daphne) or closes it; `finally`
+        cleans up."""
+        hub = get_hub()
+        joined: list[str] = []
+        try:
+            if not await self.attendance.count_in():
+                yield f"retry: {RETRY_AFTER_REFUSAL_MS}\n\n"
+                yield _event("error", protocol.dumps(protocol.error_frame(TooManyConnections())))
+                return
+            for group in self.groups:  # joined before the snapshot or the log is read
+                await hub.join(group, self)
+                joined.append(group)
+            self.joined = True
+            await self._start(resume)
+            sockets.add(self)
+            await self.attendance.show()
+            keepalive = float(getattr(settings, "SSE_KEEPALIVE_S", KEEPALIVE_S))
+            while True:
+                try:
+                    item = await asyncio.wait_for(self.out.get(), keepalive)
+                except TimeoutError:
+                    if not await self._still_allowed():
+                        continue  # refused: the error event and the end are queued
+                    await self.attendance.confirm()
+                    yield ": keep-alive\n\n"
+                    continue
+                if item is _END:
+                    return
+                yield item
+        except Exception:
+            # The layer or the database failed: end the stream rather than go silent; the
+            # client reconnects (EventSource does by itself) and resumes from Last-Event-ID.
+            log.warning("event stream of %s ended by an error", self.groups[0], exc_info=True)
+        finally:
+            await asyncio.shield(self._leave(joined))
+
+    async def _start(self, resume: tuple[str, int] | None) -> None:
+        """Resume from the replay log when it has every delta the client missed, else
+        send a snapshot; what the groups send meanwhile waits for it."""
+        self._held = []
+        try:
+            missing = resume and await self._missing_deltas(*resume)
+            if resume and missing is not None:
+                message_id, self.sent_seq[message_id] = resume
+                for seq, text in missing:
+                    self.sent_seq[message_id] = seq
+                    frame_text = protocol.delta_frame_text(message_id, seq, text)
+                    self.out.put_nowait(_event("delta", frame_text, f"{message_id}:{seq}"))
+            else:
+                await self.send_snapshot()
+            while self._held:
+                await self.dispatch(self._held.pop(0))
+        finally:
+            self._held = None
+
+    async def _missing_deltas(self, message_id: str, seq: int) -> list[tuple[int, str]] | None:
+        """Deltas after `seq` as (seq, text), or None when only a snapshot will do."""
+        message = await db(selectors.message_get)(
+            conversation_id=self.conversation_id, message_id=message_id
+        )
+        if message is None or message.status != Message.Status.STREAMING:
+            return None  # finished (its `done` went by) or not ours: the snapshot has it
+        try:
+            return await get_layer().replay.entries(str(self.conversation_id), message_id, seq)
+        except Exception:
+            log.warning("replay log unreadable; resuming with a snapshot", exc_info=True)
+            return None
+
+    async def _still_allowed(self) -> bool:
+        """Re-check the reader's access (as every socket frame does): a broadcast that
+        ended it may have been lost."""
+        signed_in, membership = await db(selectors.frame_access)(
+            session=self.session,
+            session_hash=self.session_hash,
+            conversation_id=self.conversation_id,
+            user=self.user,
+        )
+        if signed_in and membership is not None:
+            self.membership = membership
+            return True
+        await self.refuse(CLOSE_NOT_SIGNED_IN if not signed_in else CLOSE_NOT_MEMBER, "access")
         return False
 
-
-class _Viewer:
-    """An event stream as a viewer of its conversation: counted among its user's
-    connections (WS_MAX_CONNECTIONS_PER_USER, with the sockets) and shown in presence."""
-
-    def __init__(self, membership: Membership, username: str) -> None:
-        self.id = f"sse.{uuid.uuid4().hex}"
-        self.user_id = membership.user_id
-        self.username = username
-        self.conversation_id = str(membership.conversation_id)
-        self.counted = self.present = False
-        self.confirmed_at = 0.0
-
-    async def arrive(self) -> bool:
-        """Count in and show; False when that goes over the user's limit."""
-        try:
-            count = await limits.connection_open(self.user_id, self.id)
-            self.counted = True
-        except Exception as exc:
-            log.warning("connection count unavailable: %r", exc)
-            count = 0
-        if count > settings.WS_MAX_CONNECTIONS_PER_USER:
-            return False
-        try:
-            await presence.join(self.conversation_id, self.id, self.username)
-            self.present = True
-            await presence.announce(self.conversation_id)
-        except Exception as exc:
-            log.warning("presence update failed: %r", exc)
-        self.confirmed_at = asyncio.get_running_loop().time()
-        return True
-
-    async def still_here(self) -> None:
-        """Confirm this stream alive, as every socket is every CONNECTION_REFRESH_S."""
-        now = asyncio.get_running_loop().time()
-        if now - self.confirmed_at < limits.CONNECTION_REFRESH_S:
-            return
-        self.confirmed_at = now
-        try:
-            await limits.connection_refresh(self.user_id, self.id)
-            await presence.refresh(self.conversation_id, self.id, self.username)
-        except Exception as exc:
-            log.warning("event stream refresh failed: %r", exc)
-
-    async def depart(self) -> None:
-        """Leave presence and the connection count; each step on its own."""
-        steps = []
-        if self.present:
-            steps += [
-                lambda: presence.leave(self.conversation_id, self.id, self.username),
-                lambda: presence.announce(self.conversation_id),
-            ]
-        if self.counted:
-            steps.append(lambda: limits.connection_close(self.user_id, self.id))
-        for step in steps:
+    async def _leave(self, joined: list[str]) -> None:
+        self.joined = False
+        sockets.discard(self)
+        if self._catching_up is not None:
+            self._catching_up.cancel()
+        hub = get_hub()
+        for group in joined:
             try:
-                await step()
+                await hub.leave(group, self)
             except Exception:
-                log.warning("event stream cleanup failed", exc_info=True)
-
-
-async def _stream(
-    membership: Membership,
-    username: str,
-    session_key: str | None,
-    resume: tuple[str, int] | None,
-) -> AsyncIterator[str]:
-    """One client's events. A disconnect cancels it (daphne) or closes it; `finally` cleans."""
-    viewer = _Viewer(membership, username)
-    try:
-        if not await viewer.arrive():
-            error = TooManyConnections()
-            yield f"retry: {RETRY_AFTER_REFUSAL_MS}\n\n"
-            yield _event("error", protocol.dumps(protocol.error_frame(error)))
-            return
-        async for event in _events(membership, session_key, resume, viewer):
-            yield event
-    finally:
-        await asyncio.shield(viewer.depart())
-
-
-async def _events(
-    membership: Membership,
-    session_key: str | None,
-    resume: tuple[str, int] | None,
-    viewer: _Viewer,
-) -> AsyncIterator[str]:
-    layer, loop = get_channel_layer(), asyncio.get_running_loop()
-    # The user's group too, as for a websocket: sign-out and deactivation end the stream.
-    groups = (
-        fanout.conversation_group(membership.conversation_id),
-        fanout.user_group(membership.user_id),
-    )
-    channel, pending = "", None
-    held: dict[str, int] = {}  # message id -> last seq the client has
-    try:
-        channel = await layer.new_channel()
-        # One receive stays pending from here to the end: cancelling it is how a pub/sub
-        # channel is unsubscribed, and abandoning it would leak the subscription.
-        pending = asyncio.ensure_future(layer.receive(channel))
-        # Join before reading the snapshot or the log, so no delta falls between them.
-        joined_at = await _join(layer, groups, channel)
-        missing = resume and await _missing_deltas(membership.conversation_id, *resume)
-        if resume and missing is not None:
-            message_id, held[message_id] = resume
-            for seq, text in missing:
-                held[message_id] = seq
-                frame_text = protocol.delta_frame_text(message_id, seq, text)
-                yield _event("delta", frame_text, f"{message_id}:{seq}")
-        else:
-            yield await _snapshot(membership, held)
-        keepalive = float(getattr(settings, "SSE_KEEPALIVE_S", KEEPALIVE_S))
-        # The in-memory and core Redis layers drop a member group_expiry s after it joined.
-        rejoin_s = (getattr(layer, "group_expiry", None) or float("inf")) / 3
-        while True:
-            if loop.time() - joined_at > rejoin_s:
-                joined_at = await _join(layer, groups, channel)
-            # Not wait_for: its timeout would cancel the receive, which unsubscribes a
-            # pub/sub channel and drops whatever is published until the next receive.
-            done, _ = await asyncio.wait({pending}, timeout=min(keepalive, rejoin_s))
-            await viewer.still_here()
-            if not done:
-                yield ": keep-alive\n\n"
-                continue
-            event, pending = pending.result(), asyncio.ensure_future(layer.receive(channel))
-            kind = event.get("type")
-            if kind == "chat.delta":
-                message_id, seq = event["message_id"], event["seq"]
-                last = held.get(message_id, 0)
-                if seq > last + 1:  # some were lost (layer overflow or outage): start over
-                    yield await _snapshot(membership, held)
-                elif seq == last + 1:
-                    held[message_id] = seq
-                    yield _event("delta", event["text"], f"{message_id}:{seq}")
-            elif kind == "chat.frame":
-                yield _event(_frame_type(event["text"]), event["text"])
-            elif kind == "chat.done":
-                held[event["message_id"]] = snapshots.FINAL  # no delta of it after this
-                yield _event("done", event["text"])
-            elif (error := _revoked(event, membership.user_id, session_key)) is not None:
-                yield _event("error", error)
-                return
-    except Exception:
-        # The layer or the database failed: end the stream rather than go silent; the
-        # client reconnects (EventSource does by itself) and resumes from Last-Event-ID.
-        log.warning("event stream on %s ended by an error", groups[0], exc_info=True)
-    finally:
-        await _leave(layer, groups, channel, pending)
-
-
-async def _join(layer: Any, groups: tuple[str, ...], channel: str) -> float:
-    for group in groups:
-        await layer.group_add(group, channel)
-    return asyncio.get_running_loop().time()
-
-
-async def _leave(layer: Any, groups: tuple[str, ...], channel: str, pending: Any) -> None:
-    """Cancel the pending receive (pub/sub unsubscribes then) and leave the groups."""
-    if pending is not None:
-        await asyncio.sleep(0)  # a receive cancelled before its first step cleans nothing
-        pending.cancel()
-        await asyncio.wait({pending})
-        if not pending.cancelled():
-            pending.exception()  # retrieve it, or asyncio logs "never retrieved"
-    for group in groups if channel else ():
-        try:
-            await layer.group_discard(group, channel)
-        except Exception:
-            log.warning("group_discard of an event stream failed", exc_info=True)
+                log.warning("leaving %s failed", group, exc_info=True)
+        await self.attendance.depart()

@@ -123,5 +123,5 @@ class RateLimitedLoginView(LoginView):
 @login_not_required
 def admin_login(request: HttpRequest) -> HttpResponse:
     """`/admin/login/`: the admin site's own page, whose form (`admin.site.login_form`,
-    set in chat/admin.py) shares the limit and counters; a refusal answers 429."""
+    set in chat/admin/__init__.py) shares the limit and counters; a refusal answers 429."""
     return _answer_429_if_refused(request, admin.site.login(request))

@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils.crypto import constant_time_compare
 
-from chat.fanout.redis_client import get_redis, redis_enabled
+from chat.fanout import get_layer
 from chat.ops import metrics
 from chat.realtime import sockets
 
@@ -44,14 +44,11 @@ def _database_ok() -> bool:
 
 
 async def _layer_ok() -> bool:
-    # With Redis the layer is as healthy as Redis (a ping: a test message through the
-    # pub/sub layer would leave a subscription behind); in memory it always is.
-    if not redis_enabled():
-        return True
+    # As healthy as its transport (Redis answers a ping); the in-process one always is.
     try:
-        return bool(await asyncio.wait_for(get_redis().ping(), 2))
+        return bool(await asyncio.wait_for(get_layer().ping(), 2))
     except Exception:
-        log.warning("health: Redis check failed", exc_info=True)
+        log.warning("health: channel layer check failed", exc_info=True)
         return False
 
 

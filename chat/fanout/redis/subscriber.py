@@ -1,6 +1,6 @@
-"""The hub's own Redis pub/sub connection: one per process, each conversation's channel
-subscribed once, every message parsed once (hiredis) and handed to its subscribers'
-callbacks as it is read.
+"""A Redis pub/sub connection of the layer's: one per process and loop, each Redis
+channel subscribed once, every message parsed once (hiredis) and handed to its
+subscribers' callbacks as it is read.
 
 Through channels_redis each received event went through redis-py's `get_message` with
 a timeout (an `asyncio.timeout` and a retry wrapper per message), a message dict and
@@ -23,10 +23,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from django.conf import settings
-
-from chat.fanout import resp
-from chat.per_loop import PerLoop
+from chat.fanout.redis import resp
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +78,16 @@ class Subscriber:
         connection = self._link.connection
         if connection and connection.is_open:
             connection.send(("UNSUBSCRIBE", name))
+
+    def close(self) -> None:
+        """Forget every subscription and close the connection (a flush)."""
+        self.handlers.clear()
+        for task in (self._retrying, self._pinging):
+            if task is not None:
+                task.cancel()
+        connection = self._link.connection
+        if connection is not None:
+            connection.close()
 
     def _push(self, reply: list) -> None:
         # `[b"message", channel, payload]`, the common case; or `[b"subscribe", channel,
@@ -155,11 +162,3 @@ class Subscriber:
             if connection is self._link.connection and connection.data_at < sent_at:
                 log.warning("Redis pub/sub connection silent for %ss: reconnecting", TIMEOUT_S)
                 connection.close()
-
-
-_subscribers: PerLoop[Subscriber] = PerLoop()
-
-
-def get_subscriber() -> Subscriber:
-    """The running loop's subscriber to `REDIS_URL`."""
-    return _subscribers.get(lambda: Subscriber(settings.REDIS_URL))

@@ -14,11 +14,9 @@ rebuilds the log).
 import asyncio
 
 import hiredis
-from django.conf import settings
 from redis import exceptions as redis_errors
 
-from chat.fanout import resp
-from chat.per_loop import PerLoop
+from chat.fanout.redis import resp
 
 # The whole round trip, connecting included.
 TIMEOUT_S = 5.0
@@ -47,6 +45,11 @@ class Lane:
             return None
         return connection, connection.call(*commands)
 
+    def close(self) -> None:
+        """Close the connection; the next round trip opens a new one."""
+        if self._link.connection is not None:
+            self._link.connection.close()
+
     async def confirm(self, sent: Sent) -> list[object]:
         """The replies of what `send_now` wrote, as `round_trip` returns them."""
         async with asyncio.timeout(TIMEOUT_S):
@@ -67,11 +70,3 @@ async def _replies(
         if isinstance(reply, hiredis.ReplyError):
             raise redis_errors.ResponseError(str(reply))
     return result
-
-
-_lanes: PerLoop[Lane] = PerLoop()
-
-
-def get_lane() -> Lane:
-    """The lane of the running loop (connections belong to their loop)."""
-    return _lanes.get(lambda: Lane(settings.REDIS_URL))
