@@ -26,6 +26,7 @@ run: install
 	$(BIN)/python manage.py serve -b $(HOST) -p $(PORT)
 
 test: install browser nginx
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # nginx (Debian's) for `make serve-cluster` and the cluster tests.

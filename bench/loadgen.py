@@ -1,6 +1,6 @@
 """The load generator: many real websocket viewers in one process.
 
-Driven by the orchestrator (`bench/run.py`) with one JSON command per line on stdin; it
+Driven by the orchestrator (bench/loadgen_process.py) with one JSON command per line on stdin; it
 answers each with one JSON line on stdout. Commands:
 
 ``connect``  open viewers ``[{id, conv, host, port, path, cookie, origin}]`` (at most
@@ -29,136 +29,32 @@ import asyncio
 import json
 import sys
 import time
-import urllib.request
 import uuid
 from typing import Any
 
 import numpy as np
 import psutil
 
-from bench.wsclient import WSClient, open_ws
-
-loads = json.loads
+from bench.loadgen_figures import (
+    FORMS,
+    RoundScore,
+    by_second,
+    fetch_records,
+    histogram,
+    new_accumulator,
+    percentiles,
+    wire_figures,
+)
+from bench.loadgen_viewer import Viewer
+from bench.wsclient import open_ws
 
 # The websocket subprotocol that asks for deltas as ["d", message_id, seq, text].
 COMPACT_SUBPROTOCOL = "livechat.compact"
-FORMS = ("long", "compact")
-
-
-class MsgState:
-    __slots__ = ("chars", "done_at", "final_seq", "gaps", "last", "pieces", "records", "status")
-
-    def __init__(self) -> None:
-        self.last = 0  # highest seq seen
-        self.chars = 0  # characters of text received so far
-        self.records: list[tuple[float, int, int]] = []  # (received at, char from, char to)
-        self.pieces: list[str] = []
-        self.gaps: set[int] = set()
-        self.final_seq: int | None = None
-        self.done_at: float | None = None
-        self.status = ""
-
-
-class Viewer:
-    """One socket's protocol state and counters."""
-
-    def __init__(self, gen: LoadGen, vid: int, conv: int, compact: bool = False) -> None:
-        self.gen = gen
-        self.vid = vid
-        self.conv = conv
-        self.compact = compact  # offered the compact delta subprotocol
-        self.ws: WSClient | None = None
-        self.snapshot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.frames = 0
-        self.t_first = 0.0
-        self.t_last = 0.0
-        self.msgs: dict[str, MsgState] = {}
-        self.duplicated = 0
-        self.out_of_order = 0
-        self.resyncs = 0
-        self.resync_lost = 0
-        self.delta_frames = 0
-        self.delta_bytes = 0  # websocket frame bytes (header + payload)
-        self.delta_text_bytes = 0
-        self.max_overhead = 0
-        self.presence_frames = 0
-
-    def on_text(self, payload: bytes, now: float) -> None:
-        self.frames += 1
-        if not self.t_first:
-            self.t_first = now
-        self.t_last = now
-        head = payload[:15]
-        if head[:5] == b'["d",':
-            _, mid, seq, text = loads(payload)
-            self.on_delta(len(payload), mid, seq, text, now)
-        elif head == b'{"type":"delta"':
-            f = loads(payload)
-            self.on_delta(len(payload), f["message_id"], f["seq"], f["text"], now)
-        elif head == b'{"type":"done",':
-            m = loads(payload)["message"]
-            st = self.msgs.get(m["id"])
-            if st is None:
-                st = self.msgs[m["id"]] = MsgState()
-            st.final_seq = m["seq"]
-            st.done_at = now
-            st.status = m["status"]
-            self.gen.on_done(self, m["id"])
-        elif head == b'{"type":"messag':
-            m = loads(payload)["message"]
-            if m["role"] == "assistant" and m["status"] == "streaming":
-                self.gen.on_assistant(self.conv, m["id"], self.vid, now)
-        elif head == b'{"type":"presen':
-            self.presence_frames += 1
-        elif head == b'{"type":"snapsh':
-            if not self.snapshot.done():
-                self.snapshot.set_result(None)
-                return
-            # A snapshot mid-stream: the server healed a gap in this socket's deltas.
-            for m in loads(payload)["messages"]:
-                st = self.msgs.get(m["id"])
-                if st is None or m["seq"] <= st.last:
-                    continue
-                self.resyncs += 1
-                self.resync_lost += m["seq"] - st.last
-                c0 = st.chars
-                st.pieces = [m["content"]]
-                st.chars = len(m["content"])
-                st.records.append((now, c0, st.chars))
-                st.last = m["seq"]
-
-    def on_delta(self, n: int, mid: str, seq: int, text: str, now: float) -> None:
-        """A delta frame of `n` payload bytes, in either form."""
-        st = self.msgs.get(mid)
-        if st is None:
-            st = self.msgs[mid] = MsgState()
-        text_bytes = len(text.encode())
-        frame_bytes = n + (2 if n < 126 else 4 if n < 65536 else 10)
-        self.delta_frames += 1
-        self.delta_bytes += frame_bytes
-        self.delta_text_bytes += text_bytes
-        if frame_bytes - text_bytes > self.max_overhead:
-            self.max_overhead = frame_bytes - text_bytes
-        last = st.last
-        if seq == last + 1:
-            st.last = seq
-        elif seq <= last:
-            if seq in st.gaps:
-                st.gaps.discard(seq)
-                self.out_of_order += 1
-            else:
-                self.duplicated += 1
-            return  # its text was not appended in order: do not count it twice
-        else:
-            st.gaps.update(range(last + 1, seq))
-            st.last = seq
-        c0 = st.chars
-        st.chars = c0 + len(text)
-        st.records.append((now, c0, st.chars))
-        st.pieces.append(text)
 
 
 class LoadGen:
+    """The open viewers and the round in progress; one `cmd_<name>` method per command."""
+
     def __init__(self) -> None:
         self.viewers: list[Viewer] = []
         self.by_conv: dict[int, list[Viewer]] = {}
@@ -166,7 +62,7 @@ class LoadGen:
         self.msg_conv: dict[str, int] = {}
         self.lags: list[float] = []
         self.proc = psutil.Process()
-        self.acc = _new_acc()
+        self.acc = new_accumulator()
         self.round_cpu: tuple[float, float] | None = None
 
     # -- callbacks from viewers ------------------------------------------------------
@@ -283,68 +179,17 @@ class LoadGen:
         return True
 
     async def cmd_collect(self, sim_url: str, window_trim: float = 0.0):
-        records = _fetch_records(sim_url)
-        lat: list[np.ndarray] = []
-        lat_at: list[np.ndarray] = []  # when each latency sample was received
-        first_lat: list[float] = []
-        per_stream: list[dict[str, Any]] = []
-        lost = dup = ooo = corrupt = incomplete = resyncs = 0
-        deliveries: list[float] = []
+        records = fetch_records(sim_url)
+        score = RoundScore()
+        for conv, stream in self.streams.items():
+            stamps = records.get(stream["prompt_key"])
+            score.add_stream(conv, stream, self.by_conv.get(conv, []), stamps)
+        lat, lat_at, first_lat = score.lat, score.lat_at, score.first
+        per_stream, deliveries = score.per_stream, score.deliveries
+        lost, corrupt, incomplete = score.lost, score.corrupt, score.incomplete
+        dup = ooo = resyncs = 0
         # Delta frame bytes by form: the long (protocol) form and the compact one.
         wire = {form: dict.fromkeys(("frames", "bytes", "text", "max"), 0) for form in FORMS}
-        for conv, s in self.streams.items():
-            mid = s.get("mid")
-            stamps = records.get(s["prompt_key"])
-            if not stamps:
-                per_stream.append({"conv": conv, "error": "no simulator record"})
-                continue
-            ts = np.asarray(stamps[-1], dtype=float)  # the last completion for this prompt
-            ends = np.asarray(s["ends"], dtype=np.int64)
-            expected = s["text"]
-            asker_first = asker_last = asker_done = None
-            for v in self.by_conv.get(conv, []):
-                st = v.msgs.get(mid) if mid else None
-                if st is None or st.done_at is None:
-                    incomplete += 1
-                    continue
-                if st.final_seq is not None:
-                    lost += len(st.gaps) + max(0, st.final_seq - st.last)
-                if "".join(st.pieces) != expected:
-                    corrupt += 1
-                if not st.records:
-                    continue
-                rec = np.asarray(st.records, dtype=float)
-                lo = np.searchsorted(ends, rec[:, 1], side="right")
-                hi = np.searchsorted(ends, rec[:, 2], side="right")
-                counts = hi - lo
-                if counts.sum() == 0:
-                    continue
-                recv = np.repeat(rec[:, 0], counts)
-                idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-                idx = idx[idx < len(ts)]
-                recv = recv[: len(idx)]
-                lat.append((recv - ts[idx]) * 1000)
-                lat_at.append(recv)
-                if lo[0] == 0 and counts[0] > 0:
-                    first_lat.append((rec[0, 0] - ts[0]) * 1000)
-                deliveries.extend(rec[:, 0].tolist())
-                if v.vid == s["asker"]:
-                    asker_first, asker_last, asker_done = rec[0, 0], rec[-1, 0], st.done_at
-            if asker_first is not None and s["t_sent"]:
-                per_stream.append(
-                    {
-                        "conv": conv,
-                        "t_sent": s["t_sent"],
-                        "ttft_ms": (asker_first - s["t_sent"]) * 1000,
-                        "duration_ms": (asker_last - s["t_sent"]) * 1000,
-                        "done_ms": (asker_done - s["t_sent"]) * 1000,
-                        "upstream_first_emit_ms": (ts[0] - s["t_sent"]) * 1000,
-                        "placeholder_ms": (s.get("placeholder_at", 0) - s["t_sent"]) * 1000,
-                        "upstream_last_emit_ms": (ts[-1] - s["t_sent"]) * 1000,
-                        "first_recv": asker_first,
-                        "last_recv": asker_last,
-                    }
-                )
         for v in self.viewers:
             dup += v.duplicated
             ooo += v.out_of_order
@@ -407,16 +252,16 @@ class LoadGen:
 
     async def cmd_summary(self):
         """Figures over every round collected since the last summary; then forget them."""
-        acc, self.acc = self.acc, _new_acc()
+        acc, self.acc = self.acc, new_accumulator()
         lat = np.concatenate(acc["lat"]) if acc["lat"] else np.zeros(0)
         long, compact = acc["wire"]["long"], acc["wire"]["compact"]
         return {
-            "latency_ms": _pct(lat),
+            "latency_ms": percentiles(lat),
             "latency_samples": int(lat.size),
-            "latency_hist": _hist(lat),
-            "latency_by_second": _by_second(lat, acc["lat_since_start"]),
-            "first_delta_latency_ms": _pct(np.asarray(acc["first"])),
-            "loadgen_loop_lag_ms": _pct(np.asarray(acc["lags"]) * 1000),
+            "latency_hist": histogram(lat),
+            "latency_by_second": by_second(lat, acc["lat_since_start"]),
+            "first_delta_latency_ms": percentiles(np.asarray(acc["first"])),
+            "loadgen_loop_lag_ms": percentiles(np.asarray(acc["lags"]) * 1000),
             "lost": acc.get("lost", 0),
             "duplicated": acc.get("duplicated", 0),
             "out_of_order": acc.get("out_of_order", 0),
@@ -426,8 +271,8 @@ class LoadGen:
             "delta_frames": long["frames"] + compact["frames"],
             "compact_delta_frames": compact["frames"],
             # The protocol's delta form, then the compact one (half the viewers offer it).
-            **_wire_figures(long, ""),
-            **_wire_figures(compact, "compact_"),
+            **wire_figures(long, ""),
+            **wire_figures(compact, "compact_"),
         }
 
     async def cmd_blast(self, rounds: int, size: int, timeout: float = 60):
@@ -475,74 +320,6 @@ class LoadGen:
             "open": sum(1 for v in self.viewers if v.ws and not v.ws.closed.done()),
             "rss_mib": round(self.proc.memory_info().rss / 2**20, 1),
         }
-
-
-def _new_acc() -> dict[str, Any]:
-    wire = {form: dict.fromkeys(("frames", "bytes", "text", "max"), 0) for form in FORMS}
-    return {"lat": [], "lat_since_start": [], "first": [], "lags": [], "wire": wire}
-
-
-def _wire_figures(w: dict[str, int], prefix: str) -> dict[str, Any]:
-    """Bytes on the wire per delta frame (websocket header + payload) and, of them, what
-    is not the text, averaged and at most."""
-    frames = w["frames"]
-    return {
-        f"{prefix}bytes_per_delta_frame": round(w["bytes"] / frames, 1) if frames else None,
-        f"{prefix}overhead_bytes_per_delta_frame": (
-            round((w["bytes"] - w["text"]) / frames, 1) if frames else None
-        ),
-        f"{prefix}max_overhead_bytes": w["max"] if frames else None,
-    }
-
-
-def _by_second(lat: np.ndarray, since_start: list[np.ndarray]) -> list[dict[str, Any]]:
-    """Latency percentiles per second of the rounds (seconds since each round's first
-    prompt), to tell a start-up burst from a steady backlog."""
-    if not since_start or not lat.size:
-        return []
-    at = np.concatenate(since_start)
-    rows = []
-    for second in range(int(at.max()) + 1):
-        sel = lat[(at >= second) & (at < second + 1)]
-        if sel.size:
-            p50, p99 = np.percentile(sel, [50, 99])
-            rows.append(
-                {
-                    "s": second,
-                    "n": int(sel.size),
-                    "p50": round(float(p50), 1),
-                    "p99": round(float(p99), 1),
-                }
-            )
-    return rows
-
-
-def _fetch_records(sim_url: str) -> dict[str, list[list[float]]]:
-    base = sim_url.rsplit("/v1", 1)[0]
-    with urllib.request.urlopen(f"{base}/bench/records", timeout=30) as resp:
-        return json.loads(resp.read())["records"]
-
-
-def _pct(values: np.ndarray) -> dict[str, float | None]:
-    if values.size == 0:
-        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {
-        "p50": round(float(p50), 2),
-        "p90": round(float(p90), 2),
-        "p99": round(float(p99), 2),
-        "max": round(float(values.max()), 2),
-        "mean": round(float(values.mean()), 2),
-    }
-
-
-def _hist(values: np.ndarray) -> dict[str, list[float]]:
-    """A log-spaced histogram, small enough to keep in the results for plots."""
-    if values.size == 0:
-        return {"edges": [], "counts": []}
-    edges = np.concatenate([[-1e9], np.geomspace(0.1, 10_000, 61)])
-    counts, _ = np.histogram(np.clip(values, -1e8, 1e8), bins=edges)
-    return {"edges": [round(e, 3) for e in edges[1:].tolist()], "counts": counts.tolist()}
 
 
 async def main() -> None:

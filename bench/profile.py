@@ -1,4 +1,5 @@
-"""Summaries of py-spy raw (collapsed) profiles: where the server's time goes.
+"""py-spy profiles of the server: recorded during a step (`bench.run --profile`), and
+summarized from their raw (collapsed) form: where the server's time goes.
 
     .venv/bin/py-spy record -p <daphne pid> -r 50 -f raw -o profile.txt --nonblocking
     .venv/bin/python -m bench.profile profile.txt
@@ -10,11 +11,16 @@ Idle time (the event loop waiting in select/epoll) is reported apart.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from deploy.harness import Process, spawn
 
 # Where a sample belongs, by the first rule that matches anywhere on its stack (order
 # matters: the database thread first, as its stacks also hold ORM and psycopg frames).
@@ -84,6 +90,22 @@ def summarize(path: Path, top: int = 25) -> dict[str, Any]:
         "self_top": [(f, round(100 * n / busy, 1)) for f, n in self_t.most_common(top)],
         "inclusive_top": [(f, round(100 * n / busy, 1)) for f, n in incl.most_common(top * 2)],
     }
+
+
+def record(pid: int, out: Path) -> tuple[Process, Path]:
+    """py-spy recording process `pid` at 200 Hz into `out` (raw form) until `finish`."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    args = [exe, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out)]
+    return spawn([*args, "--nonblocking"], dict(os.environ), out.with_suffix(".log")), out
+
+
+def finish(recording: tuple[Process, Path]) -> dict[str, Any]:
+    """Stop a `record`ing (SIGINT makes py-spy write its file) and summarize it."""
+    process, out = recording
+    process.stop(signal.SIGINT, 30)
+    summary = summarize(out) if out.exists() else {}
+    summary["file"] = str(out)
+    return summary
 
 
 def main() -> None:

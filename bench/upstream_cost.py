@@ -31,7 +31,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.live import _wait_http, free_port, spawn  # noqa: E402
+from deploy.harness import start_simulator  # noqa: E402
 
 
 async def measure(base_url: str, streams: int, words: int) -> dict[str, float]:
@@ -131,18 +131,15 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=10)
     parser.add_argument("--words", type=int, default=300)
     args = parser.parse_args()
-    port = free_port()
-    tmp = Path(os.environ.get("BENCH_TMP", "/tmp"))
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings_test"}
-    args_sim = ["--port", str(port), "--chunk-ms", "16.667", "--ttft-ms", "100"]
-    sim = spawn(
-        [sys.executable, "-m", "bench.simulator", *args_sim],
-        env,
-        tmp / f"upstream-cost-simulator-{port}.log",
+    sim, url = start_simulator(
+        {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings_test"},
+        log_dir=Path(os.environ.get("BENCH_TMP", "/tmp")),
+        chunk_ms=16.667,
+        ttft_ms=100,
+        command=("-m", "bench.simulator"),
     )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/v1/models", sim.proc, sim.log_path)
-        result = asyncio.run(measure(f"http://127.0.0.1:{port}/v1", args.streams, args.words))
+        result = asyncio.run(measure(url, args.streams, args.words))
     finally:
         sim.stop()
     print(json.dumps(result, indent=1))

@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from chat.domain.text import clean_user_text
 from chat.exceptions import BadFrame, ChatError, TooLong
 from chat.models import Message
+from chat.text import clean_user_text
 
 ClientMsgId = Annotated[str, Field(min_length=1, max_length=100)]
 MessageId = Annotated[str, Field(min_length=1, max_length=64)]

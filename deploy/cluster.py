@@ -9,30 +9,32 @@ finish for up to DRAIN_S, viewers move to the others). Logs and the generated ng
 configuration are under the run directory (.cluster/ unless --run-dir says otherwise).
 
 It works from any checkout location, a private home directory (mode 0700) included:
-nginx's workers run as the invoking user (see `worker_user`), and the app processes
-believe nginx's X-Forwarded-For, as it connects from 127.0.0.1 (`TRUSTED_PROXIES`).
+nginx's workers run as the invoking user (`worker_user` in deploy/harness/nginx.py), and
+the app processes believe nginx's X-Forwarded-For, as it connects from 127.0.0.1
+(`TRUSTED_PROXIES`).
 """
 
 import argparse
-import grp
 import os
-import pwd
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from string import Template
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script: `project` beside this folder
+sys.path.insert(0, str(ROOT))  # run as a script: `project` and `deploy` beside this folder
 
+from deploy.harness import (  # noqa: E402
+    Process,
+    manage,
+    start_moderation_worker,
+    start_nginx,
+    start_server,
+    stop_nginx,
+)
 from project.env import is_on  # noqa: E402
 
-NGINX_SITE = ROOT / "deploy" / "nginx.conf"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/livechat"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # nginx reaches the app processes from loopback: they believe its X-Forwarded-For.
@@ -45,132 +47,54 @@ def static_root(env: dict[str, str]) -> Path:
     return Path(env.get("STATIC_ROOT", "").strip() or ROOT / "staticfiles")
 
 
-def worker_user() -> str:
-    """nginx's `user` directive: its workers run as the invoking user.
-
-    Started as root, nginx runs its workers as `nobody` unless told otherwise, and
-    `nobody` cannot read static files in a checkout under a private folder (a home
-    directory of mode 0700): every /static/ request answered 403. Started as anyone
-    else, nginx cannot switch users, the workers are that user already, and the
-    directive would only be ignored with a warning, so it is left out
-    (https://nginx.org/en/docs/ngx_core_module.html#user).
-    """
-    if os.geteuid() != 0:
-        return ""
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    group = grp.getgrgid(os.getegid()).gr_name
-    return f"user {user} {group};\n"
-
-
-def render_nginx_conf(*, listen: str, ports: list[int], static_root: Path, run_dir: Path) -> str:
-    """A complete nginx.conf for a foreground nginx owning only files under run_dir."""
-    site = Template(NGINX_SITE.read_text()).safe_substitute(
-        LISTEN=listen,
-        UPSTREAM_SERVERS=" ".join(
-            f"server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;" for p in ports
-        ),
-        STATIC_ROOT=str(static_root),
-    )
-    temp = run_dir / "tmp"
-    return f"""{worker_user()}worker_processes 1;
-pid {run_dir}/nginx.pid;
-error_log {run_dir}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    include /etc/nginx/mime.types;
-    access_log {run_dir}/nginx-access.log;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-{site}
-}}
-"""
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
 class Cluster:
-    """daphne processes on consecutive ports, and nginx in front of them."""
+    """daphne processes on the given ports, the moderation worker when MODERATION_WORKER
+    is on, and nginx in front of them; their logs go to run_dir."""
 
     def __init__(self, *, env: dict[str, str], run_dir: Path, ports: list[int], listen_port: int):
         self.env = {**env, "TRUSTED_PROXIES": TRUSTED_PROXIES}
         self.run_dir = run_dir
         self.ports = ports
         self.listen_port = listen_port
-        self.apps: dict[int, subprocess.Popen] = {}
-        self.nginx: subprocess.Popen | None = None
-        self.worker: subprocess.Popen | None = None
-        (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.apps: dict[int, Process] = {}
+        self.nginx: Process | None = None
+        self.worker: Process | None = None
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}"
 
     def start_app(self, port: int) -> None:
-        self.apps[port] = self._spawn(
-            [
-                sys.executable,
-                "manage.py",
-                "serve",
-                "-v",  # no per-request access lines: nginx logs requests
-                "0",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            f"daphne-{port}.log",
+        """A daphne process on `port`, back once it is ready (/readyz); a restart on the
+        same port appends to the same log."""
+        self.apps[port] = start_server(
+            self.env,
+            port=port,
+            log_path=self.run_dir / f"daphne-{port}.log",
+            ready_path="/readyz",
+            verbosity=0,  # no per-request access lines: nginx logs requests
+            append=True,
         )
-        wait_http(f"http://127.0.0.1:{port}/readyz")
 
     def stop_app(self, port: int, timeout: float = 60) -> int:
         """SIGTERM: the process drains, then exits."""
-        return _stop(self.apps.pop(port), signal.SIGTERM, timeout)
+        return self.apps.pop(port).stop(signal.SIGTERM, timeout)
 
     def start_worker(self) -> None:
         """`moderate_pending --watch`: the moderation calls MODERATION_WORKER leaves to it."""
-        self.worker = self._spawn(
-            [sys.executable, "manage.py", "moderate_pending", "--watch"], "moderation-worker.log"
-        )
-
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
-        """A child in its own session (Ctrl-C reaches only this script), logging to run_dir."""
-        return subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=self.env,
-            stdout=(self.run_dir / log_name).open("a"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.worker = start_moderation_worker(
+            self.env, log_path=self.run_dir / "moderation-worker.log", append=True
         )
 
     def start_nginx(self) -> None:
-        conf = self.run_dir / "nginx.conf"
-        conf.write_text(
-            render_nginx_conf(
-                listen=f"127.0.0.1:{self.listen_port}",
-                ports=self.ports,
-                static_root=static_root(self.env),
-                run_dir=self.run_dir,
-            )
+        self.nginx = start_nginx(
+            self.env,
+            run_dir=self.run_dir,
+            listen_port=self.listen_port,
+            ports=self.ports,
+            static_root=static_root(self.env),
         )
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.nginx = self._spawn(
-            [nginx, "-c", str(conf), "-p", str(self.run_dir), "-g", "daemon off;"], "nginx.out"
-        )
-        wait_http(f"{self.url}/healthz")
 
     def start(self) -> None:
         for port in self.ports:
@@ -180,29 +104,16 @@ class Cluster:
         self.start_nginx()
 
     def stop(self) -> None:
-        if self.nginx is not None and self.nginx.poll() is None:
-            _stop(self.nginx, signal.SIGQUIT, 10)  # graceful: finish open requests
+        if self.nginx is not None:
+            stop_nginx(self.nginx)  # graceful: open requests finish
         for port in list(self.apps):
             self.stop_app(port)
-        if self.worker is not None and self.worker.poll() is None:
-            _stop(self.worker, signal.SIGTERM, 10)
+        if self.worker is not None:
+            self.worker.stop(signal.SIGTERM, 10)
 
 
-def _stop(proc: subprocess.Popen, sig: int, timeout: float) -> int:
-    """Send `sig`, wait up to `timeout` seconds, then kill."""
-    proc.send_signal(sig)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(5)
-
-
-def _manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
-
-
-def _create_database(url: str) -> None:
+def create_database(url: str) -> None:
+    """The PostgreSQL database of `url`, unless it exists."""
     import psycopg
 
     name = url.rsplit("/", 1)[1]
@@ -238,10 +149,11 @@ def main() -> None:
     }
     env.setdefault("DJANGO_SECRET_KEY", key_file.read_text().strip())
     if env["DATABASE_URL"].startswith("postgres"):
-        _create_database(env["DATABASE_URL"])
-    _manage(env, "migrate", "--noinput")
-    _manage(env, "collectstatic", "--noinput", "-v", "0")
-    _manage(env, "demo")
+        create_database(env["DATABASE_URL"])
+    # In the foreground: what they say (the demo users and their link) is for the reader.
+    manage(env, "migrate", "--noinput", capture=False)
+    manage(env, "collectstatic", "--noinput", "-v", "0", capture=False)
+    manage(env, "demo", capture=False)
 
     ports = [args.first_app_port + i for i in range(args.processes)]
     cluster = Cluster(env=env, run_dir=run_dir, ports=ports, listen_port=args.port)

@@ -175,6 +175,8 @@ if OPENAI_HTTP_TRANSPORT not in ("aiohttp", "httpx"):
     raise ImproperlyConfigured("OPENAI_HTTP_TRANSPORT must be 'aiohttp' or 'httpx'.")
 MODERATION_MODEL = env_str("MODERATION_MODEL", "omni-moderation-latest")
 USE_SIMULATOR = not OPENAI_API_KEY and not OPENAI_BASE_URL
+# What answers when no upstream is configured: a function returning an httpx2 transport.
+SIMULATOR_TRANSPORT = "chat.simulator.transport.in_process"
 SIMULATOR_CHUNK_MS = env_float("SIMULATOR_CHUNK_MS", 15.0)
 SIMULATOR_TTFT_MS = env_float("SIMULATOR_TTFT_MS", 300.0)
 
@@ -188,6 +190,9 @@ STREAM_STALE_S = env_float("STREAM_STALE_S", 15.0)
 STREAM_SWEEP_INTERVAL_S = env_float("STREAM_SWEEP_INTERVAL_S", 10.0)
 STREAM_HISTORY_MESSAGES = env_int("STREAM_HISTORY_MESSAGES", 40)
 
+# The runner splits the upstream's SSE itself (chat/upstream/chunks.py); 0: the SDK's own
+# stream class.
+OPENAI_CHUNK_STREAM = env_bool("OPENAI_CHUNK_STREAM", True)
 # Daphne's, autobahn's and Twisted's internals (chat/realtime/direct_send.py): frames written
 # straight to sockets, the close codes 1009/1012/1013, the unsent-bytes bound. Off: the
 # ASGI path only.

@@ -73,7 +73,10 @@ def _embedded(tmp: Path) -> Iterator[Deployment]:
     deployment.stop_all()
 
 
-def _redis_postgres(tmp: Path, redis_url: str | None = None) -> Iterator[Deployment]:
+def live_redis_postgres(tmp: Path, redis_url: str | None = None) -> Iterator[Deployment]:
+    """A deployment on a PostgreSQL database of its own, Redis (`redis_url`, or a database
+    number of the local one) under a channel prefix of its own, and its own simulator;
+    all of it stopped and dropped afterwards."""
     services.require("postgres")
     if redis_url is None:
         services.require("redis")
@@ -114,13 +117,13 @@ def _redis_postgres(tmp: Path, redis_url: str | None = None) -> Iterator[Deploym
 )
 def deployment(request: pytest.FixtureRequest, artifacts: Path) -> Iterator[Deployment]:
     """Each live test runs once on the embedded default and once on Redis + PostgreSQL."""
-    factory = _embedded if request.param == "embedded" else _redis_postgres
+    factory = _embedded if request.param == "embedded" else live_redis_postgres
     yield from factory(artifacts / request.param)
 
 
 @pytest.fixture(scope="session")
 def redis_postgres(artifacts: Path) -> Iterator[Deployment]:
-    yield from _redis_postgres(artifacts / "scale-out")
+    yield from live_redis_postgres(artifacts / "scale-out")
 
 
 @pytest.fixture(scope="session")

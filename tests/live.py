@@ -1,16 +1,13 @@
-"""Real processes for integration tests: a deployment (database + channel layer), daphne
-servers on free ports, the simulator as its own process, and websocket viewers that
-check the protocol's ordering rules as frames arrive."""
+"""Live deployments for integration tests: a database and channel layer shared by daphne
+servers on free ports, signed-in sessions, and websocket viewers that check the
+protocol's ordering rules as frames arrive. Processes are started and stopped by
+deploy.harness; the names of it the tests use are available here too."""
 
 import asyncio
 import contextlib
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,88 +15,55 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-import redis
 from websockets.asyncio.client import ClientConnection, connect
+
+from deploy import harness
+from deploy.harness import ROOT, OwnRedis, Process, free_port, spawn
+
+__all__ = [
+    "COMPACT_SUBPROTOCOL",
+    "PASSWORDS",
+    "ROOT",
+    "UNHANDLED",
+    "Deployment",
+    "OwnRedis",
+    "Process",
+    "Server",
+    "Session",
+    "Viewer",
+    "free_port",
+    "metric_value",
+    "spawn",
+    "start_simulator",
+]
 
 # The subprotocol that asks for deltas as `["d", message_id, seq, text]` (chat.protocol).
 COMPACT_SUBPROTOCOL = "livechat.compact"
 
-ROOT = Path(__file__).resolve().parent.parent
 PASSWORDS = {name: f"pw-{name}-123" for name in ("alice", "bob", "carol", "dave")}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited early:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx2.get(url, timeout=1).status_code == 200:
-                return
-        except httpx2.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready in {timeout}s:\n{log_path.read_text()[-4000:]}")
+# Whether the servers under test reach into daphne's internals (DAPHNE_INTERNALS, on by
+# default; CI also runs the suite with it off). Without them a close code daphne refuses
+# arrives as its private-range twin, and an oversized frame drops the connection.
+DAPHNE_INTERNALS = os.environ.get("DAPHNE_INTERNALS", "1").strip().lower() not in (
+    "0",
+    "false",
+    "no",
+    "off",
+)
+TWINS = {1009: 4009, 1012: 4012, 1013: 4013}
 
 
-@dataclass
-class Process:
-    """A subprocess whose combined output goes to a log file."""
-
-    proc: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = 15, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-
-def spawn(args: list[str], env: dict[str, str], log_path: Path) -> Process:
-    log_file = log_path.open("w")
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    return Process(proc, log_path)
+def expected_close(code: int) -> int:
+    """The close code a client sees from the servers under test for `code`."""
+    return code if DAPHNE_INTERNALS else TWINS.get(code, code)
 
 
 def start_simulator(tmp: Path, *, chunk_ms: float = 2, ttft_ms: float = 20) -> tuple[Process, str]:
-    """`manage.py simulate_openai` on a free port; returns the process and its /v1 URL."""
-    port = free_port()
+    """`manage.py simulate_openai` on a free port, with the test settings; returns the
+    process and its /v1 URL."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings_test"}
-    sim = spawn(
-        [
-            sys.executable,
-            "manage.py",
-            "simulate_openai",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--chunk-ms",
-            str(chunk_ms),
-            "--ttft-ms",
-            str(ttft_ms),
-        ],
-        env,
-        tmp / f"simulator-{port}.log",
-    )
-    _wait_http(f"http://127.0.0.1:{port}/v1/models", sim.proc, sim.log_path)
-    return sim, f"http://127.0.0.1:{port}/v1"
+    return harness.start_simulator(env, log_dir=tmp, chunk_ms=chunk_ms, ttft_ms=ttft_ms)
 
 
 @dataclass
@@ -116,19 +80,11 @@ class Deployment:
         return "REDIS_URL" in self.env
 
     def manage(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if out.returncode:
-            raise RuntimeError(f"manage.py {args} failed:\n{out.stdout}\n{out.stderr}")
-        return out.stdout
+        """`manage.py args` in this deployment's environment; its standard output."""
+        return harness.manage(self.env, *args)
 
     def seed_users(self) -> None:
+        """The users of PASSWORDS, with those passwords."""
         code = (
             "from django.contrib.auth import get_user_model\n"
             f"for name, pw in {PASSWORDS!r}.items():\n"
@@ -138,24 +94,15 @@ class Deployment:
         self.manage("shell", "-c", code)
 
     def start_server(self, **extra_env: str) -> "Server":
+        """A daphne process of this deployment on a free port, ready."""
         port = free_port()
-        env = {**self.env, **extra_env}
-        proc = spawn(
-            [
-                sys.executable,
-                "manage.py",
-                "serve",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            env,
-            self.tmp / f"daphne-{self.name}-{port}.log",
+        process = harness.start_server(
+            {**self.env, **extra_env},
+            port=port,
+            log_path=self.tmp / f"daphne-{self.name}-{port}.log",
         )
-        _wait_http(f"http://127.0.0.1:{port}/healthz", proc.proc, proc.log_path)
-        self.servers.append(proc)
-        return Server(f"http://127.0.0.1:{port}", proc)
+        self.servers.append(process)
+        return Server(f"http://127.0.0.1:{port}", process)
 
     def stop_all(self) -> None:
         for server in self.servers:
@@ -451,51 +398,3 @@ class Viewer:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 5)
-
-
-class OwnRedis:
-    """A redis-server on a free port that the test may kill and restart."""
-
-    def __init__(self, tmp: Path, *, persist: bool = False) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        self.process: Process | None = None
-        # Keep the data across a kill (an append-only file written at every command).
-        self.persist = persist
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = spawn(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.persist else "no",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.tmp),
-            ],
-            {"PATH": "/usr/bin:/bin:/usr/sbin:/usr/local/bin"},
-            self.tmp / f"redis-{self.port}-{time.monotonic_ns()}.log",
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.stop(sig=9)

@@ -18,7 +18,16 @@ import redis
 
 from deploy.cluster import Cluster
 from tests import services
-from tests.live import PASSWORDS, ROOT, Deployment, Server, Session, free_port, metric_value
+from tests.live import (
+    PASSWORDS,
+    ROOT,
+    Deployment,
+    Server,
+    Session,
+    expected_close,
+    free_port,
+    metric_value,
+)
 
 pytestmark = [
     pytest.mark.multiprocess,
@@ -98,13 +107,13 @@ async def follow(session: Session, conv: str, message_id: str) -> str:
         try:
             viewer = await session.viewer(conv, heal=True)
         except AssertionError as refused:  # closed before its snapshot, by a draining process
-            if "closed (1012)" not in str(refused):
+            if f"closed ({expected_close(1012)})" not in str(refused):
                 raise
             continue
         try:
             return await viewer.final_text(message_id, timeout=90)
         except AssertionError:
-            if viewer.close_code != 1012:
+            if viewer.close_code != expected_close(1012):
                 raise
         finally:
             await viewer.close()

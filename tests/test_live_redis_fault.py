@@ -109,9 +109,9 @@ async def test_a_viewer_who_left_while_redis_restarted_leaves_presence(persisten
         server.process.stop()
 
 
-async def test_idle_sockets_on_the_core_layer_stay_open_and_counted_once(tmp_path):
+async def test_idle_sockets_stay_open_and_counted_once(tmp_path):
     for deployment in live_redis_postgres(tmp_path / "core"):
-        server = deployment.start_server(REDIS_CHANNEL_LAYER="core")
+        server = deployment.start_server()
         alice = await Session(server, "alice").login()
         conv = await alice.create_conversation()
         tabs = [await alice.viewer(conv) for _ in range(4)]

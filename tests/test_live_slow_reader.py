@@ -11,7 +11,8 @@ from websockets.asyncio.client import connect
 
 from tests.live import Server, Session
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(180)]
+# The bound needs the daphne internals (the measure of what waits for a socket).
+pytestmark = [pytest.mark.multiprocess, pytest.mark.daphne_internals, pytest.mark.timeout(180)]
 
 STALLED = 5
 SYNCS_EACH = 200

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 
 from chat.simulator import tokenize
-from tests.live import Viewer
+from tests.live import DAPHNE_INTERNALS, Viewer
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(90)]
 
@@ -64,7 +64,9 @@ async def test_three_viewers_see_the_same_stream_and_usage_is_stored(sessions, s
     assert not any(f.get("compact") for f in tab1.delta_frames(placeholder["id"]))
     # Under daphne those frames were framed once per event and form and written to each
     # socket directly, not through ASGI (and parsed fine by a standard client above).
-    assert await frames_direct(alice) - direct_before >= 4 * len(reference)
+    written_direct = await frames_direct(alice) - direct_before
+    # Under daphne with its internals on, fan-out frames are written straight to sockets.
+    assert written_direct >= 4 * len(reference) if DAPHNE_INTERNALS else written_direct == 0
 
     stored = {m["id"]: m for m in await bob.messages(conv)}[placeholder["id"]]
     assert stored["status"] == "complete"

@@ -312,9 +312,9 @@ async def test_a_process_drain_lets_running_moderation_calls_finish_first(
     users, conversation, monkeypatch
 ):
     from chat.lifecycle import drain
-    from chat.realtime import sockets
+    from chat.ops import serving
 
-    monkeypatch.setattr(sockets, "_accepting", True)  # restored: other tests serve on
+    monkeypatch.setattr(serving, "_accepting", True)  # restored: other tests serve on
     alice = await connect(users["alice"], conversation.id)
     # The moderated text makes the (in-process) moderation call take 300 ms.
     done = await ask(alice, sim_reply("flagme slowly [[sim ttft_ms=300]]"))

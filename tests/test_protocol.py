@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from chat import protocol
 from chat.exceptions import ChatError
 from chat.fanout import groups
-from chat.upstream.client import translate_error
+from chat.upstream.errors import translate_error
 
 GROUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -154,7 +154,7 @@ def test_bidi_overrides_are_dropped_and_right_to_left_text_kept():
 
 @given(st.text(st.characters(blacklist_categories=[])))
 def test_model_text_is_always_made_storable(text):
-    from chat.domain.text import clean_model_text
+    from chat.text import clean_model_text
 
     cleaned = clean_model_text(text)
     assert "\x00" not in cleaned

@@ -11,8 +11,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chat.domain import quota, selectors, sql
+from chat.domain.tokens import estimate_prompt_tokens
 from chat.exceptions import Busy, Forbidden, NotFound, RateLimited
-from chat.generation.runner import estimate_prompt_tokens
 from chat.models import Conversation, Membership, Message, Role
 
 Status = Message.Status

@@ -18,10 +18,11 @@ from typing import Any
 import httpx2
 import openai
 
-from chat.domain.text import clean_model_text
+from chat.domain.tokens import estimate_prompt_tokens
 from chat.exceptions import StreamError
-from chat.upstream.chunks import ChunkStream
-from chat.upstream.client import translate_error
+from chat.text import clean_model_text
+from chat.upstream import chunks
+from chat.upstream.errors import translate_error
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,6 @@ class StreamRequest:
     messages: Sequence[dict[str, str]]
     max_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def estimate_prompt_tokens(messages: Sequence[dict[str, str]]) -> int:
-    """About four characters per token plus a few per message, as OpenAI's guide says."""
-    return sum(len(m.get("content") or "") // 4 + 4 for m in messages) + 3
 
 
 def without_read_timeout(timeout: float | httpx2.Timeout | None) -> httpx2.Timeout:
@@ -236,7 +232,7 @@ class StreamRunner:
             "/chat/completions",
             cast_to=object,
             stream=True,
-            stream_cls=ChunkStream,
+            stream_cls=chunks.stream_class(),
             options={"timeout": without_read_timeout(self._client.timeout)},
         )
         try:

@@ -13,6 +13,7 @@ import logging
 from django.conf import settings
 
 from chat import moderation
+from chat.ops import serving
 from chat.protocol import CLOSE_SERVICE_RESTART
 from chat.realtime import sockets
 from chat.upstream import client as upstream
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 async def drain() -> None:
     from chat.generation.registry import registry
 
-    sockets.stop_accepting()
+    serving.stop_accepting()
     open_sockets = sockets.live()
     log.info(
         "draining: moving %d socket(s) away, %d answer(s) running",

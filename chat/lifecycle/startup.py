@@ -5,6 +5,7 @@ import logging
 from django.conf import settings
 
 from chat.realtime import direct_send
+from chat.upstream import chunks
 from chat.upstream.client import describe_upstream
 
 log = logging.getLogger("chat")
@@ -21,5 +22,6 @@ def log_configuration() -> None:
     log.info("replies come from %s", describe_upstream())
     log.info("channel layer: %s", channel_layer_description())
     log.info(direct_send.describe())
+    log.info(chunks.describe())
     for name in settings.RETIRED_SETTINGS:
         log.warning("%s is set but no longer read: one channel layer carries everything", name)

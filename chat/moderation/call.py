@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
-from chat.upstream.client import translate_error
+from chat.upstream.errors import translate_error
 
 
 @dataclass(frozen=True)

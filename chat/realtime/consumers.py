@@ -19,7 +19,7 @@ from chat import protocol
 from chat.domain.db import db
 from chat.exceptions import BadFrame, ChatError, Flood, TooManyConnections
 from chat.fanout import groups, presence
-from chat.ops import logs, metrics
+from chat.ops import logs, metrics, serving
 from chat.protocol import (
     CLOSE_FLOOD,
     CLOSE_NO_CONVERSATION,
@@ -72,7 +72,7 @@ class ChatConsumer(Viewer, AsyncWebsocketConsumer):
         await self.accept(subprotocol=protocol.COMPACT_SUBPROTOCOL if compact else None)
         self.socket = direct_send.socket_for(self.base_send)
         logs.connection_id.set(self.channel_name.rsplit("!", 1)[-1][-12:])
-        if not sockets.accepting():
+        if not serving.accepting():
             await self.close(code=CLOSE_SERVICE_RESTART)
             return
         if user is None or not user.is_authenticated:

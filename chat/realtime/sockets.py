@@ -1,4 +1,4 @@
-"""This process's open conversation sockets, and whether it takes new ones.
+"""This process's open conversation viewers (sockets and event streams).
 
 The consumers register here; the process's background duties (a Redis comeback's
 resync, liveness refreshes, the drain on SIGTERM) and its gauges read from here, so
@@ -20,7 +20,6 @@ class LiveSocket(Protocol):
 
 # Weak: a socket that ended without saying so (a crash) is not kept alive by this set.
 _open: "weakref.WeakSet[LiveSocket]" = weakref.WeakSet()
-_accepting = True
 
 
 def add(socket: LiveSocket) -> None:
@@ -41,13 +40,3 @@ async def resync_all() -> int:
     sockets = live()
     await asyncio.gather(*(s.resync() for s in sockets))
     return len(sockets)
-
-
-def accepting() -> bool:
-    """False once the process drains: new sockets are sent elsewhere (1012)."""
-    return _accepting
-
-
-def stop_accepting() -> None:
-    global _accepting
-    _accepting = False

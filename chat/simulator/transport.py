@@ -92,3 +92,9 @@ def simulator_client(
     client_kwargs.setdefault("base_url", SIM_BASE_URL)
     http_client = openai.DefaultAsyncHttpxClient(transport=SimulatorTransport(settings))
     return openai.AsyncOpenAI(http_client=http_client, **client_kwargs)
+
+
+def in_process(*, chunk_ms: float, ttft_ms: float) -> SimulatorTransport:
+    """The transport the app's client uses when no upstream is configured (the setting
+    SIMULATOR_TRANSPORT names this function)."""
+    return SimulatorTransport(SimSettings(chunk_ms=chunk_ms, ttft_ms=ttft_ms))

@@ -1,26 +1,79 @@
-"""The chat-completions stream as dicts, decoded with a few Python calls per network read.
+"""The chat-completions stream as dicts, decoded with a few Python calls per network read:
+the project's one reach into the SDK's internals (OPENAI_CHUNK_STREAM).
 
-The SDK's `AsyncStream` hands each chunk up through seven async generators (the
-transport's, httpx2's raw and decoded bytes, the SSE decoder's, its events', the
-stream's own) and decodes the SSE line by line in Python: about 200 microseconds of CPU
-per chunk on the benchmark machine, which at 60 chunks a second per running answer made
-the upstream read the largest cost of a loaded server (bench/upstream_cost.py,
-bench/REPORT.md). `ChunkStream` is the same stream class (the SDK still sends the
+The SDK's `AsyncStream` hands each chunk up through seven async generators and decodes the
+SSE line by line in Python. `ChunkStream` is the same stream class (the SDK still sends the
 request, retries before the first byte, maps HTTP errors and closes the response); only
 its `__stream__` is replaced: it reads the response's bytes directly and splits whole
 events out of each read at once. What it yields and raises is what the SDK's yields and
 raises for a chat-completions stream: the `data` of each event as a dict (`cast_to`
 object), an `APIError` for an `error` event, the SDK's timeout and connection errors for
 a broken read, and nothing after `[DONE]`.
+
+It uses three helpers of the SDK's private `_streaming` module and the stream class's
+`__stream__` hook, so it is checked at import (`AVAILABLE`: they exist and the installed
+openai is within `VERSION_BOUNDS`, which pyproject.toml repeats), can be turned off
+(`OPENAI_CHUNK_STREAM=0`: the SDK's own `AsyncStream`), and the startup log says which
+runs (`describe`). `stream_class` is what callers use.
 """
 
 import codecs
 import json
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from typing import Any
 
 import openai
-from openai._streaming import drain_response_async, request_exceptions, timeout_exceptions
+
+# The releases this module was written and tested against (pyproject.toml says the same).
+VERSION_BOUNDS = {"openai": ((3, 0), (4,))}
+
+
+def _self_check() -> str | None:
+    """Why the SDK's internals cannot be used here, or None when they can."""
+    found = tuple(int(p) for p in version("openai").split(".")[:2] if p.isdigit())
+    low, high = VERSION_BOUNDS["openai"]
+    if not low <= found < high:
+        return f"openai {version('openai')} is outside the tested range"
+    try:
+        from openai import _streaming
+    except ImportError:
+        return "openai has no _streaming module"
+    missing = [
+        name
+        for name in ("drain_response_async", "request_exceptions", "timeout_exceptions")
+        if not hasattr(_streaming, name)
+    ]
+    if missing or not hasattr(openai.AsyncStream, "__stream__"):
+        return f"openai lacks {', '.join(missing) or 'AsyncStream.__stream__'}"
+    return None
+
+
+UNAVAILABLE_BECAUSE = _self_check()
+AVAILABLE = UNAVAILABLE_BECAUSE is None
+if AVAILABLE:
+    from openai._streaming import drain_response_async, request_exceptions, timeout_exceptions
+
+
+def stream_class() -> type[openai.AsyncStream]:
+    """The stream class of the chat stream: ChunkStream, or the SDK's own when the
+    internals are off or unavailable."""
+    from django.conf import settings
+
+    if AVAILABLE and settings.OPENAI_CHUNK_STREAM:
+        return ChunkStream
+    return openai.AsyncStream[object]
+
+
+def describe() -> str:
+    """The startup log's line about this module."""
+    from django.conf import settings
+
+    if AVAILABLE and settings.OPENAI_CHUNK_STREAM:
+        return "upstream chunks: split by the app's own stream class (OPENAI_CHUNK_STREAM)"
+    why = "OPENAI_CHUNK_STREAM=0" if AVAILABLE else UNAVAILABLE_BECAUSE
+    return f"upstream chunks: the SDK's own stream class ({why})"
+
 
 STREAM_ERROR = "An error occurred during streaming"  # the SDK's words for an error event
 

@@ -1,14 +1,13 @@
-"""The OpenAI-compatible client, built once per event loop from settings, and the one
-place where vendor exceptions become our own `StreamError` codes."""
+"""The OpenAI-compatible client, built once per event loop from settings: the configured
+upstream, or the simulator named by `SIMULATOR_TRANSPORT` when none is."""
 
 import logging
 from urllib.parse import urlsplit
 
-import httpx2
 import openai
 from django.conf import settings
+from django.utils.module_loading import import_string
 
-from chat.exceptions import StreamError
 from chat.per_loop import PerLoop
 
 log = logging.getLogger(__name__)
@@ -23,10 +22,10 @@ def build_client() -> openai.AsyncOpenAI:
     # The SDK defaults (10 minute timeout) would hold a stalled stream far too long.
     common = {"timeout": settings.OPENAI_TIMEOUT_S, "max_retries": settings.OPENAI_MAX_RETRIES}
     if settings.USE_SIMULATOR:
-        from chat.simulator import SimSettings, SimulatorTransport
-
-        transport = SimulatorTransport(
-            SimSettings(chunk_ms=settings.SIMULATOR_CHUNK_MS, ttft_ms=settings.SIMULATOR_TTFT_MS)
+        # Chosen by the settings, never imported here: the simulator stays out of every
+        # import graph of the app (import contracts, .importlinter).
+        transport = import_string(settings.SIMULATOR_TRANSPORT)(
+            chunk_ms=settings.SIMULATOR_CHUNK_MS, ttft_ms=settings.SIMULATOR_TTFT_MS
         )
         return openai.AsyncOpenAI(
             api_key="simulator",
@@ -71,44 +70,3 @@ def describe_upstream() -> str:
     # Only scheme, host and path: a URL may carry credentials or a key in its query.
     where = f"{url.scheme}://{url.hostname}{f':{url.port}' if url.port else ''}{url.path}"
     return f"{where} (model {settings.OPENAI_MODEL})"
-
-
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    headers = exc.response.headers
-    try:
-        if "retry-after-ms" in headers:
-            return float(headers["retry-after-ms"]) / 1000
-        if "retry-after" in headers:
-            return float(headers["retry-after"])
-    except ValueError:
-        return None
-    return None
-
-
-def translate_error(exc: BaseException, *, mid_stream: bool = False) -> StreamError:
-    """Map any upstream failure to a code clients can act on; no vendor text leaks."""
-    if isinstance(exc, StreamError):
-        return exc
-    if mid_stream and isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
-        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-            return StreamError("timeout", "The model stopped sending mid-answer.")
-        # A cut connection surfaces wrapped or raw depending on where the read failed.
-        return StreamError("upstream_error", "The connection to the model dropped.")
-    if isinstance(exc, openai.RateLimitError):
-        return StreamError(
-            "rate_limited",
-            "The model is rate limited; try again shortly.",
-            retry_after=_retry_after(exc),
-        )
-    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-        return StreamError("timeout", "The model took too long to answer.")
-    if isinstance(exc, openai.APIConnectionError):
-        return StreamError("upstream_error", "Could not reach the model.")
-    if isinstance(exc, openai.APIStatusError):
-        return StreamError("upstream_error", f"The model answered with HTTP {exc.status_code}.")
-    if isinstance(exc, openai.APIError):
-        return StreamError("upstream_error", "The model reported an error mid-answer.")
-    if isinstance(exc, httpx2.TransportError):
-        return StreamError("upstream_error", "Could not reach the model.")
-    log.error("unexpected upstream failure", exc_info=exc)
-    return StreamError("upstream_error", "The answer failed unexpectedly.")

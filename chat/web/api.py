@@ -16,11 +16,11 @@ from django.views.decorators.http import require_http_methods
 
 from chat import moderation, protocol
 from chat.domain import selectors, services
-from chat.domain.text import clean_user_text
 from chat.exceptions import ChatError, Forbidden, NotFound
 from chat.fanout import presence
 from chat.fanout import publish as fanout
 from chat.models import Membership, Role
+from chat.text import clean_user_text
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,7 @@ from django.shortcuts import render
 from django.utils.crypto import constant_time_compare
 
 from chat.fanout import get_layer
-from chat.ops import metrics
-from chat.realtime import sockets
+from chat.ops import metrics, serving
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 async def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: as /healthz, and 503 while the process drains for a restart."""
-    checks = {**await _checks(), "accepting": sockets.accepting()}
+    checks = {**await _checks(), "accepting": serving.accepting()}
     ok = all(checks.values())
     return JsonResponse({"ok": ok, **checks}, status=200 if ok else 503)
 

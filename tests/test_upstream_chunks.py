@@ -59,3 +59,50 @@ def test_events_without_data_and_an_unfinished_event_give_nothing():
     splitter = EventSplitter()
     assert splitter.feed(b": keep-alive\n\nevent: ping\n\ndata: {}") == []
     assert splitter.feed(b"\n\n") == ["{}"]
+
+
+def test_the_sdks_own_stream_class_serves_when_the_internals_are_off(settings):
+    import openai
+
+    from chat.upstream import chunks
+
+    settings.OPENAI_CHUNK_STREAM = True
+    assert chunks.stream_class() is chunks.ChunkStream
+    settings.OPENAI_CHUNK_STREAM = False
+    assert chunks.stream_class() is openai.AsyncStream[object]
+    assert "the SDK's own stream class (OPENAI_CHUNK_STREAM=0)" in chunks.describe()
+
+
+async def test_a_whole_answer_streams_through_the_sdks_own_stream_class(settings):
+    from chat.generation.runner import StreamRequest, StreamRunner
+    from chat.simulator import SimSettings, simulator_client
+
+    settings.OPENAI_CHUNK_STREAM = False
+    deltas: list[str] = []
+
+    async def publish(seq: int, text: str) -> None:
+        deltas.append(text)
+
+    request = StreamRequest(model="m", messages=[{"role": "user", "content": "Count to 30"}])
+    client = simulator_client(SimSettings(ttft_ms=0, chunk_ms=0))
+    outcome = await StreamRunner(client, request, publish=publish).run()
+    assert outcome.status == "complete"
+    assert outcome.content == "".join(deltas) == ", ".join(str(n) for n in range(1, 31))
+    assert outcome.usage is not None and not outcome.usage.estimated
+
+
+def test_the_self_check_refuses_an_sdk_outside_the_tested_range(monkeypatch):
+    from chat.upstream import chunks
+
+    assert chunks._self_check() is None  # the pinned release is within range
+    monkeypatch.setitem(chunks.VERSION_BOUNDS, "openai", ((99,), (100,)))
+    assert "outside the tested range" in chunks._self_check()
+
+
+def test_pyproject_bounds_the_sdk_the_stream_class_was_tested_with():
+    from chat.upstream import chunks
+    from tests.live import ROOT
+
+    (low, high) = chunks.VERSION_BOUNDS["openai"]
+    bound = f'"openai[aiohttp]>={".".join(map(str, low))},<{".".join(map(str, high))}"'
+    assert bound in (ROOT / "pyproject.toml").read_text()
