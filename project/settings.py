@@ -110,9 +110,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {}).update(timeout=20, transaction_mode="IMMEDIATE")
 DB_POOL_MAX = env_int("DB_POOL_MAX", 10)
 if DATABASES["default"]["ENGINE"].endswith("postgresql") and DB_POOL_MAX > 0:
-    # Without persistent connections every database_sync_to_async call opened and
-    # closed its own PostgreSQL connection (a backend fork and an authentication): most
-    # of the prompt-to-first-token overhead under load (bench/REPORT.md). Django's pool
+    # Without persistent connections every database_sync_to_async call would open and
+    # close its own PostgreSQL connection (docs/decisions.md). Django's pool
     # (psycopg-pool) hands connections back on close instead; CONN_MAX_AGE stays 0.
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,

@@ -163,9 +163,9 @@ def prompt_submit(
 
     Checked in this order, each answered by its own error: the prompt rate, then the
     constraints (a retry, or an answer already streaming), then the quota. Six
-    statements between BEGIN and COMMIT (`bench.db_cost`), written out (chat/domain/sql.py)
-    as every prompt waits for them: the rate is read with the quota's user lock, and
-    the prompt and its placeholder go in one INSERT."""
+    statements between BEGIN and COMMIT, written out (chat/domain/sql.py): the rate is
+    read with the quota's user lock, and the prompt and its placeholder go in one
+    INSERT."""
     try:
         with transaction.atomic():
             _lock_user_checking_rate(user=user)

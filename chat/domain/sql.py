@@ -1,10 +1,8 @@
 """Hand-written statements for a prompt's trip to the database, on SQLite and PostgreSQL.
 
 Every prompt waits for these before its answer can start, on the process's one database
-thread. Through the ORM each statement cost 0.5-3 ms of Python on this project's
-benchmark machines (building the query, compiling it, making model objects) against
-0.1-0.3 ms for the same SQL written out: most of a prompt's time-to-first-token overhead,
-and GIL time the websocket deliveries wait for (`bench.db_cost`, docs/decisions.md).
+thread, so they are written out rather than built by the ORM (docs/decisions.md says
+why, with `bench.db_cost`'s figures). Tables and columns come from the models' `_meta`.
 The statements stay plain SQL that both databases run; the few differences (how a UUID
 or a datetime is stored, `FOR UPDATE`) are bridged by the helpers here, with Django's own
 field and backend methods, so the values stored are exactly what the ORM would store.

@@ -1,10 +1,9 @@
 """Presence announcements: at most one per conversation per interval, per process.
 
-Every join and leave used to broadcast the whole viewer list at once, so n viewers
-joining one conversation (a page of reconnects after a deploy) cost n broadcasts to up
-to n sockets: O(n^2) frames. Now the first change is announced at once, and the changes
-that follow within `interval_s` are folded into one announcement at its end, which
-reads the list as it is then: every socket still ends with the current list.
+The first change of a conversation's viewers is announced at once, and the changes that
+follow within `interval_s` are folded into one announcement at its end, which reads the
+list as it is then: every viewer ends with the current list, and n viewers joining at
+once (a page of reconnects after a deploy) cost O(n) frames, not O(n^2).
 """
 
 import asyncio

@@ -223,10 +223,9 @@ class StreamRunner:
             body["max_tokens"] = request.max_tokens
         # The SDK retries connection errors, 429 and 5xx while sending the request only,
         # never once the stream has started: no answer is billed or shown twice.
-        # `cast_to=object` skips building a model object per chunk, half the CPU of
-        # reading a token (213 -> 107 us per chunk, bench/REPORT.md): chunks arrive as
-        # dicts, their SSE decoded by ChunkStream (a quarter less CPU again) with the
-        # SDK's errors for error events and broken reads.
+        # `cast_to=object`: chunks arrive as dicts, no model object built per chunk, their
+        # SSE decoded by the stream class of `chunks` (docs/decisions.md says why) with
+        # the SDK's errors for error events and broken reads.
         post = functools.partial(
             self._client.post,
             "/chat/completions",

@@ -1,12 +1,10 @@
 """The session and user of a websocket, without Channels' per-frame session check.
 
 Channels' `SessionMiddleware` wraps `send` so that a modified session is saved before an
-HTTP response starts. A websocket never sends that response (cookies travel only with
-the handshake, and this project never writes the session from a socket), yet every
-frame paid for the check: two lazy-object lookups per frame and socket, 5% of the
-server's busy samples in a profile at 50 streams x 10 viewers (bench/REPORT.md has the
-before and after). Here the session is read from its cookie the same way and `send` is
-passed through untouched.
+HTTP response starts. A websocket never sends that response (cookies travel only with the
+handshake, and no socket writes the session), so here the session is read from its cookie
+the same way and `send` is passed through untouched (docs/decisions.md says what the
+check cost).
 """
 
 from importlib import import_module

@@ -1,14 +1,12 @@
-"""The connection of this process for the one Redis round trip every flush makes.
+"""The layer's command connection of one process and loop: every publish, and the one
+round trip every flush makes (its replay-log append and its PUBLISH).
 
-A flush appends to the replay log and publishes the delta in one round trip. Through
-redis-py each round trip paid for a pooled connection, a timeout task and its reply
-parsing in Python: more CPU than the commands themselves (bench/REPORT.md). Here all
-flushes of the process share one pipelined connection (chat/fanout/resp.py): each round trip
-is one write, its replies are matched in order however many are in flight, and the
-whole round trip runs under one `asyncio.timeout`. A connection that broke or timed out
-is closed, failing the round trips in flight; the next one opens a new connection. The
-caller decides what a failed flush means (the relay publishes through the layer and
-rebuilds the log).
+All of them share one pipelined connection (`resp.py`): each round trip is one write,
+its replies are matched in order however many are in flight, and the whole round trip
+runs under one `asyncio.timeout`. A connection that broke or timed out is closed, failing
+the round trips in flight; the next one opens a new connection. The caller decides what
+a failure means (the relay publishes again and rebuilds the log). Why not redis-py here:
+docs/decisions.md, "The hub's subscription and the flush's round trip bypass redis-py".
 """
 
 import asyncio

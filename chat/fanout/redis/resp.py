@@ -1,10 +1,8 @@
-"""A Redis connection on an asyncio protocol, for the two hot paths that talk to Redis
-once per flush: the relay's round trip and the hub's subscription.
+"""A Redis connection on an asyncio protocol, for the layer's two hot paths: the lane
+(publishing, and a flush's round trip) and the subscriber.
 
-redis-py's asyncio connection reads through a stream reader under a timeout per reply,
-behind retry and health-check wrappers; that costs more CPU than the commands
-themselves at hundreds of flushes a second (bench/REPORT.md). Here bytes go out in one
-`write` per call and replies are parsed by hiredis as they arrive (`data_received`).
+Bytes go out in one `write` per call and replies are parsed by hiredis as they arrive
+(`data_received`).
 Commands are pipelined: any number of calls may be in flight, each gets its own replies
 because Redis answers in order. On a subscribed connection every array reply
 (messages, subscription confirmations, PING answers) goes to `on_push` instead.

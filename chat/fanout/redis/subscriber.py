@@ -2,20 +2,14 @@
 channel subscribed once, every message parsed once (hiredis) and handed to its
 subscribers' callbacks as it is read.
 
-Through channels_redis each received event went through redis-py's `get_message` with
-a timeout (an `asyncio.timeout` and a retry wrapper per message), a message dict and
-the layer's queue: 71 µs of CPU per event against 30 µs here, measured with events
-arriving one by one as a flush sends them (bench/REPORT.md). Every process receives
-every flush of every conversation its sockets watch, so this is paid per flush and per
-process. The layer keeps carrying everything else (its own channels, user and
-generation groups, and publishing); events reach the hub here whether the relay or the
-layer PUBLISHed them, in the same msgpack form.
+Every process receives every event of every group it wants here, so a message costs
+one parse and one callback, nothing per message beyond that.
 
 A lost connection is retried at once and then with a growing pause (at most a second);
-on reconnect every channel is subscribed again. What was published in between is lost,
-as with the layer: the Redis watcher resyncs every socket when Redis answers again, and
-a socket that sees a `seq` gap asks for a snapshot itself (chat/lifecycle/background.py,
-chat/realtime/group_events.py). A connection that stops answering is noticed by a PING every
+on reconnect every channel is subscribed again. What was published in between is lost
+(at most once): the Redis watcher resyncs every viewer when Redis answers again, and a
+viewer that sees a `seq` gap asks for a snapshot itself (chat/lifecycle/background.py,
+chat/realtime/viewer.py). A connection that stops answering is noticed by a PING every
 `PING_EVERY_S` and dropped.
 """
 
