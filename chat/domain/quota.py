@@ -26,13 +26,13 @@ def _usage_now(*, user: AbstractBaseUser) -> tuple[int, int]:
     reads it."""
     today = timezone.now().astimezone(UTC).date()
     running, spent = sql.fetch_one(
-        """
+        f"""
         SELECT
             COALESCE(SUM(CASE WHEN settled = %s THEN 1 ELSE 0 END), 0),
             COALESCE(SUM(CASE WHEN day = %s
                 THEN CASE WHEN settled = %s THEN COALESCE(used, 0) ELSE reserved END
                 ELSE 0 END), 0)
-        FROM chat_tokenusage
+        FROM {sql.table(TokenUsage)}
         WHERE user_id = %s AND (settled = %s OR day = %s)
         """,
         [False, sql.date_param(today), True, user.pk, False, sql.date_param(today)],
@@ -97,7 +97,7 @@ def reserve(*, user: AbstractBaseUser, message: Message, need: int) -> None:
 def settle(*, message_id, used: int | None) -> None:
     """Replace the reservation by what was really spent (the reservation if unknown)."""
     sql.execute(
-        "UPDATE chat_tokenusage SET used = COALESCE(%s, reserved), settled = %s"
+        f"UPDATE {sql.table(TokenUsage)} SET used = COALESCE(%s, reserved), settled = %s"
         " WHERE message_id = %s AND settled = %s",
         [used, True, sql.uuid_param(message_id), False],
     )

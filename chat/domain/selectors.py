@@ -133,7 +133,7 @@ def message_with_author(*, message_id: uuid.UUID | str) -> Message | None:
     frame shows, read once per answer (chat/domain/sql.py: written out)."""
     users, pk = sql.user_table()
     row = sql.fetch_one(
-        f"SELECT {sql.columns(Message, 'm')}, u.username FROM chat_message m"
+        f"SELECT {sql.columns(Message, 'm')}, u.username FROM {sql.table(Message)} m"
         f" LEFT JOIN {users} u ON u.{pk} = m.author_id WHERE m.id = %s",
         [sql.uuid_param(message_id)],
     )
@@ -162,8 +162,8 @@ def prompt_history(*, prompt: Message, limit: int) -> list[dict[str, str]]:
     those still streaming or empty, nor what moderation hid (chat/domain/sql.py: written out,
     as every prompt reads it)."""
     rows = sql.fetch_all(
-        """
-        SELECT role, content FROM chat_message
+        f"""
+        SELECT role, content FROM {sql.table(Message)}
         WHERE conversation_id = %s AND created_at <= %s
             AND status <> %s AND content <> '' AND redacted = %s
         ORDER BY created_at DESC LIMIT %s

@@ -185,9 +185,11 @@ def prompt_submit(
             assistant.created_at = prompt.created_at + timedelta(microseconds=1)
             sql.insert([prompt, assistant])
             history = _reserve(prompt=prompt, assistant=assistant, user=user)
-            sql.execute(
-                "UPDATE chat_conversation SET updated_at = %s WHERE id = %s",
-                [sql.datetime_param(timezone.now()), sql.uuid_param(conversation_id)],
+            sql.update(
+                Conversation,
+                {"updated_at": timezone.now()},
+                "id = %s",
+                [sql.uuid_param(conversation_id)],
             )
     except RateLimited:
         # A retry of a prompt already stored is not a new prompt: give it back.
