@@ -114,14 +114,14 @@ class Bench:
 
     # -- servers, users, conversations ---------------------------------------------------
 
-    async def servers_for(self, n: int, flush_ms: float | None, layer: str) -> list[Server]:
-        """`n` servers with this flush window and channel layer, signed-in users and warm:
+    async def servers_for(self, n: int, flush_ms: float | None) -> list[Server]:
+        """`n` servers with this flush window, signed-in users and warm:
         the running ones when they match (and the mode does not restart each step)."""
-        key = (n, flush_ms, layer)
+        key = (n, flush_ms)
         if self.servers and self.server_key == key and not self.mode.restart_each_step:
             return self.servers
         self.stop_servers()
-        extra = {"REDIS_CHANNEL_LAYER": layer}
+        extra = {}
         if flush_ms is not None:
             extra["STREAM_FLUSH_MS"] = str(flush_ms)
         assert self.deployment

@@ -10,15 +10,13 @@ thread CPU (`time.thread_time`, so the publishing thread is not counted) is divi
 the events received. Measured two ways in the same run:
 - `subscriber`: the subscriber connection alone, each payload counted (the baseline);
 - `hub`: through the hub to the sockets, what a server does with every flush it receives.
-Run it at two commits to compare hub changes (bench/REPORT.md); at commits before
-5de96a7 only `hub` is measured.
+Run it at two commits to compare hub changes (bench/REPORT.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import os
 import sys
@@ -65,15 +63,18 @@ async def until(condition, timeout: float = 60.0) -> None:
 
 
 async def measure(url: str, conversations: int, sockets: int, events: int) -> dict:
-    from chat.fanout import publish as fanout
-    from chat.fanout.redis_subscriber import get_subscriber
+    from chat.fanout import events as conversation_events
+    from chat.fanout import get_layer
+    from chat.fanout.redis.subscriber import Subscriber
     from chat.realtime.hub import get_hub
 
+    layer = get_layer()
     run = uuid.uuid4().hex[:8]
     groups = [f"conv.{run}{i:024x}" for i in range(conversations)]
-    channels = [fanout.group_pubsub_channel(g) for g in groups]
-    event = fanout.delta_event(str(uuid.uuid4()), 1, "hello there")
-    payload = fanout.serialize(event)
+    channels = [layer.group_channel(g) for g in groups]
+    payload = conversation_events.serialize(
+        conversation_events.delta(str(uuid.uuid4()), 1, "hello there")
+    )
     out = {}
 
     async def timed(name: str, expected: int, count) -> None:
@@ -93,14 +94,11 @@ async def measure(url: str, conversations: int, sockets: int, events: int) -> di
     def on_message(_payload: bytes) -> None:
         counted[0] += 1
 
-    subscriber = get_subscriber()
-    if len(inspect.signature(subscriber.subscribe).parameters) == 2:
-        for channel in channels:
-            await subscriber.subscribe(channel, on_message)
-        await timed("subscriber", conversations * events, lambda: counted[0])
-        for channel in channels:
-            subscriber.unsubscribe(channel, on_message)
-    # (Before 5de96a7 the subscriber queued payloads instead: no baseline there.)
+    subscriber = Subscriber(url)
+    for channel in channels:
+        await subscriber.subscribe(channel, on_message)
+    await timed("subscriber", conversations * events, lambda: counted[0])
+    subscriber.close()
 
     hub = get_hub()
     for group in groups:
@@ -118,9 +116,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200)
     args = parser.parse_args()
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    os.environ.update(
-        REDIS_URL=url, REDIS_CHANNEL_LAYER="pubsub", DJANGO_SETTINGS_MODULE="project.settings"
-    )
+    os.environ.update(REDIS_URL=url, DJANGO_SETTINGS_MODULE="project.settings")
     os.environ.setdefault("DJANGO_DEBUG", "1")
     import django
 

@@ -20,7 +20,7 @@ async def idle(bench: Bench, n: int) -> dict[str, Any]:
     assert bench.loadgen
     log(f"idle: {n} viewers")
     bench.stop_servers()
-    servers = await bench.servers_for(1, DEFAULT_FLUSH_MS, "pubsub")
+    servers = await bench.servers_for(1, DEFAULT_FLUSH_MS)
     ps = psutil.Process(servers[0].process.pid)
     # Warm every code path a connect takes before the baseline.
     convs = bench.conversations(max(n // 10, 1) + 1)

@@ -20,7 +20,6 @@ from deploy.harness import ROOT
 PACKAGES = (
     "django",
     "channels",
-    "channels-redis",
     "daphne",
     "twisted",
     "autobahn",

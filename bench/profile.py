@@ -32,7 +32,7 @@ PARTS = [
     ("upstream read: runner", r"StreamRunner\._read|AsyncStream"),
     ("hub: handing events to sockets", r"Hub\._pump"),
     ("flush: replay log + publish", r"StreamRunner\._flush|Relay\.__call__"),
-    ("Redis client and pub/sub layer", r"redis/|channels_redis"),
+    ("Redis client and the channel layer", r"redis/|chat/fanout/"),
     ("daphne/Twisted: websocket writes and reads", r"twisted|daphne|autobahn"),
 ]
 

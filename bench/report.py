@@ -173,15 +173,15 @@ def _fmt(v: Any) -> str:
 
 def step_table(steps: list[dict[str, Any]]) -> str:
     head = (
-        "| step | flush | layer | srv | p50 | p90 | p99 | max | first-delta p99 | deliveries/s "
+        "| step | flush | srv | p50 | p90 | p99 | max | first-delta p99 | deliveries/s "
         "| server CPU % | server RSS MiB | machine CPU % | lost/dup/ooo | holds |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for s in steps:
         lat = s["added_latency_ms"]
         rows.append(
-            f"| {_label(s)} | {_fmt(s['flush_ms'])} | {s['layer']} | {s['servers']} "
+            f"| {_label(s)} | {_fmt(s['flush_ms'])} | {s['servers']} "
             f"| {_fmt(lat['p50'])} | {_fmt(lat['p90'])} | {_fmt(lat['p99'])} | {_fmt(lat['max'])} "
             f"| {_fmt(s['first_delta_latency_ms']['p99'])} | {_fmt(s['deliveries_per_s'])} "
             f"| {_fmt(s['server_cpu_percent'])} | {_fmt(s['server_rss_mib'])} "
@@ -234,9 +234,9 @@ def render(results: dict[str, Any]) -> str:
         out.append(f"| {t['target']} | {t['goal']} | {_fmt(t['measured'])} | {ok} |")
     out.append("")
     for title, key in (
-        ("Load steps (default window, pub/sub, one server)", "steps"),
+        ("Load steps (default window, one server)", "steps"),
         ("Coalescing off (STREAM_FLUSH_MS=0)", "uncoalesced_steps"),
-        ("Channel layers (Redis MONITOR on)", "layer_steps"),
+        ("Redis MONITOR on", "monitored_steps"),
     ):
         if results.get(key):
             out.append(f"### {title}\n")
@@ -244,13 +244,17 @@ def render(results: dict[str, Any]) -> str:
     if so and so.get("two_server_steps"):
         out.append("### Two servers (viewers split)\n")
         out.append(step_table(so["two_server_steps"]))
-    layers = results.get("layer_steps", [])
-    if layers:
+    monitored = [
+        s
+        for s in results.get("steps", []) + results.get("monitored_steps", [])
+        if s.get("redis_commands_per_flush")
+    ]
+    if monitored:
         out.append("### Redis commands per flush (MONITOR, our prefix only)\n")
-        out.append("| step | layer | commands/flush | breakdown |\n|---|---|---|---|")
-        for s in layers:
+        out.append("| step | commands/flush | breakdown |\n|---|---|---|")
+        for s in monitored:
             out.append(
-                f"| {_label(s)} | {s['layer']} | {_fmt(s.get('redis_commands_per_flush'))} "
+                f"| {_label(s)} | {_fmt(s.get('redis_commands_per_flush'))} "
                 f"| {s.get('redis_commands')} |"
             )
         out.append("")

@@ -47,7 +47,7 @@ async def run(
     profile: bool = False,
 ) -> dict[str, Any]:
     """The whole run of `mode`, in this order: ceilings, the sweep (until a step fails),
-    the pub/sub layer steps, coalescing off, the core layer steps, scale-out, idle cost.
+    the MONITOR steps, coalescing off, scale-out, idle cost.
     Writes and returns the results."""
     started = time.time()
     tmp = Path(os.environ.get("BENCH_TMP", "/tmp")) / f"livechat-bench-{uuid.uuid4().hex[:6]}"
@@ -81,7 +81,7 @@ async def run(
         if mode.asgi_viewers:
             results.setdefault("ceilings", {})["asgi"] = await ceilings.asgi_ceiling(bench)
 
-        # The main sweep: default window, pub/sub layer, one server, until a step fails.
+        # The main sweep: default window, one server, until a step fails.
         sweep = []
         for streams, viewers in mode.sweep:
             step = await steps.step(
@@ -98,13 +98,12 @@ async def run(
         results["steps"] = sweep
         results["steps_skipped"] = [f"{s}x{v}" for s, v in mode.sweep[len(sweep) :]]
 
-        # Layer comparison, with MONITOR counting our Redis commands. The pub/sub steps
-        # run first, on the sweep's server configuration (quick mode reuses it).
-        async def layer_step(layer: str, streams: int, viewers: int) -> dict[str, Any]:
-            label = f"{streams}x{viewers} {layer}"
-            return await steps.step(bench, streams, viewers, layer=layer, monitor=True, label=label)
-
-        layers = [await layer_step(*x) for x in mode.layer_steps if x[0] == "pubsub"]
+        # MONITOR counting the layer's Redis commands, on the sweep's server
+        # configuration (quick mode reuses its servers).
+        results["monitored_steps"] = [
+            await steps.step(bench, s, v, monitor=True, label=f"{s}x{v} MONITOR")
+            for s, v in mode.monitor_steps
+        ]
 
         # Coalescing off.
         uncoalesced = []
@@ -121,9 +120,6 @@ async def run(
             if not step["holds"]:
                 break
         results["uncoalesced_steps"] = uncoalesced
-
-        layers += [await layer_step(*x) for x in mode.layer_steps if x[0] != "pubsub"]
-        results["layer_steps"] = layers
 
         # Scale-out: the heaviest step that holds with two servers (viewers split).
         if mode.scale_out:
@@ -162,7 +158,7 @@ def main() -> None:
     parser.add_argument("--words", type=int, help="words per answer instead of the mode's")
     parser.add_argument(
         "--only",
-        help="run only these parts: ceilings,sweep,uncoalesced,layers,scaleout,idle (development)",
+        help="run only these parts: ceilings,sweep,uncoalesced,monitor,scaleout,idle (development)",
     )
     args = parser.parse_args()
     mode = MODES["quick" if args.quick else "smoke" if args.smoke else "full"]

@@ -58,7 +58,6 @@ async def step(
     viewers: int,
     *,
     flush_ms: float | None = DEFAULT_FLUSH_MS,
-    layer: str = "pubsub",
     n_servers: int = 1,
     rounds: int = 1,
     words: int | None = None,
@@ -75,10 +74,10 @@ async def step(
     quiet = await wait_for_quiet(bench.quiet_wait_s, bench.quiet_percent)
     log(
         f"step {name}: {streams} streams x {viewers} viewers, flush={flush_ms}, "
-        f"layer={layer}, servers={n_servers}, rounds={rounds} "
+        f"servers={n_servers}, rounds={rounds} "
         f"(machine {quiet['machine_cpu_percent']}% busy after {quiet['waited_s']} s)"
     )
-    servers = await bench.servers_for(n_servers, flush_ms, layer)
+    servers = await bench.servers_for(n_servers, flush_ms)
     convs = bench.conversations(streams)
     specs = bench.viewer_specs(convs, viewers, servers)
     askers = {s["conv"]: s["id"] for s in specs if s.get("asker")}
@@ -162,7 +161,6 @@ async def step(
         streams,
         viewers,
         flush_ms,
-        layer,
         n_servers,
         words,
         connected,

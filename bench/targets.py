@@ -21,11 +21,10 @@ def summarize(results: dict[str, Any]) -> None:
             "compact_overhead_bytes_per_delta_frame"
         ]
     monitored = [
-        s for s in steps + results.get("layer_steps", []) if s.get("redis_commands_per_flush")
+        s for s in steps + results.get("monitored_steps", []) if s.get("redis_commands_per_flush")
     ]
-    pub = [s for s in monitored if s["layer"] == "pubsub"]
-    if pub:
-        results["redis_commands_per_flush"] = pub[0]["redis_commands_per_flush"]
+    if monitored:
+        results["redis_commands_per_flush"] = monitored[0]["redis_commands_per_flush"]
     ceilings = results.get("ceilings", {})
     results["redis_publish_ceiling_per_s"] = ceilings.get("redis_benchmark_publish_per_s")
     results["asgi_broadcast_ceiling_frames_per_s"] = (ceilings.get("asgi") or {}).get(
@@ -106,18 +105,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if dr:
         add(f"stream duration vs direct ({ref_name})", "within 2%", f"x{dr}", abs(dr - 1) <= 0.02)
     rc = results.get("redis_commands_per_flush")
-    layer_steps = [
+    monitored = [
         x
-        for x in results.get("steps", []) + results.get("layer_steps", [])
-        if x["layer"] == "pubsub" and x.get("redis_commands_per_flush")
+        for x in results.get("steps", []) + results.get("monitored_steps", [])
+        if x.get("redis_commands_per_flush")
     ]
-    if len(layer_steps) > 1:
-        vals = {
-            f"{x['streams']}x{x['viewers']}": x["redis_commands_per_flush"] for x in layer_steps
-        }
+    if len(monitored) > 1:
+        vals = {f"{x['streams']}x{x['viewers']}": x["redis_commands_per_flush"] for x in monitored}
         flat = max(vals.values()) - min(vals.values()) < 0.5
         add(
-            "Redis work per flush independent of viewers (pubsub)",
+            "Redis work per flush independent of viewers",
             "same commands per flush at any viewer count",
             vals,
             flat,
@@ -157,7 +154,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     all_steps = (
         results.get("steps", [])
         + results.get("uncoalesced_steps", [])
-        + results.get("layer_steps", [])
+        + results.get("monitored_steps", [])
     )
     bad = sum(
         x["lost"] + x["duplicated"] + x["out_of_order"]

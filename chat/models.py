@@ -167,7 +167,7 @@ class TokenUsage(models.Model):
         return f"{self.user_id} {self.day}: {self.used if self.settled else self.reserved}"
 
 
-# --- Moderation and review (chat/moderation.py holds the services) ---------------------
+# --- Moderation and review (chat/moderation/ holds the services) ---------------------
 
 
 class ModerationCase(models.Model):

@@ -117,6 +117,21 @@ UNHANDLED = re.compile(
 )
 
 
+def new_user(deployment: Deployment, *, staff: bool = False) -> str:
+    """A user of this test alone (others share alice and her password)."""
+    name = f"u{uuid.uuid4().hex[:10]}"
+    PASSWORDS[name] = f"pw-{name}-123"
+    flags = "u.is_staff = True; u.is_superuser = True; " if staff else ""
+    deployment.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n"
+        f"u = get_user_model().objects.create_user({name!r}, password={PASSWORDS[name]!r})\n"
+        f"{flags}u.save()\n",
+    )
+    return name
+
+
 @dataclass
 class Server:
     url: str

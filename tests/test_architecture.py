@@ -49,3 +49,19 @@ def test_no_page_script_is_over_600_lines():
 def test_the_app_has_at_most_20_modules_at_its_top():
     top = [p.name for p in (ROOT / "chat").glob("*.py") if p.name != "__init__.py"]
     assert len(top) <= MAX_TOP_LEVEL_MODULES, sorted(top)
+
+
+# Test folders beyond the app's packages: whole processes (deployment), the page in a
+# browser (page), and the benchmark's guard (bench).
+TEST_FOLDERS_OUTSIDE_THE_APP = {"deployment", "page", "bench"}
+# At the top of tests/: the house itself, and the protocol (chat/protocol.py).
+TOP_LEVEL_TESTS = {"architecture", "protocol"}
+
+
+def test_tests_mirror_the_packages():
+    packages = {p.parent.name for p in (ROOT / "chat").glob("*/__init__.py")}
+    folders = {p.parent.name for p in (ROOT / "tests").glob("*/test_*.py")}
+    assert folders - packages - TEST_FOLDERS_OUTSIDE_THE_APP == set()
+    loose = [p.name for p in (ROOT / "tests").glob("test_*.py")]
+    assert all(name.removeprefix("test_").removesuffix(".py") in TOP_LEVEL_TESTS for name in loose)
+

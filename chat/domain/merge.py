@@ -1,6 +1,6 @@
 """The client's merge rule, as pure code: how a viewer folds `snapshot`, `message`,
 `delta` and `done` frames into the text it shows. `static/chat/merge.js` is the same rule
-for the page (tests/test_merge_js.py holds it to this one); this twin is what the property
+for the page (tests/page/test_merge_js.py holds it to this one); this twin is what the property
 tests exercise, and what Python clients use.
 
 The rule: a snapshot replaces everything; a delta is applied only when its `seq` is the

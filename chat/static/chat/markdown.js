@@ -48,7 +48,7 @@
   };
 
   // Add a header with the language and a copy button to each code block. The copy
-  // buttons are handled by one delegated listener in chat.js (no inline handlers: CSP).
+  // buttons are handled by one delegated listener in render.js (no inline handlers: CSP).
   function decorateCodeBlocks(fragment) {
     for (const pre of fragment.querySelectorAll("pre")) {
       const code = pre.querySelector("code");

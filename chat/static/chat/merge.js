@@ -1,6 +1,6 @@
 /* The merge rule: how `snapshot`, `message`, `delta` and `done` frames fold into the
    messages a viewer shows. Pure: no DOM, no socket, no clock. chat/domain/merge.py is
-   the same rule in Python (property-tested by tests/test_merge.py); tests/test_merge_js.py
+   the same rule in Python (property-tested by tests/domain/test_merge.py); tests/page/test_merge_js.py
    holds this module to the same cases and to that module's results.
 
    - A snapshot replaces everything.

@@ -17,15 +17,15 @@ import pytest
 
 from tests import services
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
 
 MODULES = [
-    "tests/test_db_statements.py",
-    "tests/test_limits.py::test_the_rate_limit_waits_for_the_limit_th_newest_prompt_to_leave_the_window",
-    "tests/test_limits.py::test_daily_quota_reserves_before_the_call_and_settles_to_real_usage",
-    "tests/test_limits.py::test_concurrent_generations_per_user_are_capped",
+    "tests/domain/test_db_statements.py",
+    "tests/domain/test_limits.py::test_the_rate_limit_waits_for_the_limit_th_newest_prompt_to_leave_the_window",
+    "tests/domain/test_limits.py::test_daily_quota_reserves_before_the_call_and_settles_to_real_usage",
+    "tests/domain/test_limits.py::test_concurrent_generations_per_user_are_capped",
 ]
 
 

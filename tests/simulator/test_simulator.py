@@ -43,7 +43,7 @@ from chat.simulator import (
 from chat.simulator.plan import Event
 from tests import virtual_time
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COUNT_PROMPT = "Count to 100, with a comma between each number"
 COUNT_100 = ", ".join(str(i) for i in range(1, 101))
 FAST = "[[sim ttft_ms=0 chunk_ms=0]]"

@@ -110,13 +110,14 @@ async def test_a_viewer_who_left_while_redis_restarted_leaves_presence(persisten
 
 
 async def test_idle_sockets_stay_open_and_counted_once(tmp_path):
-    for deployment in live_redis_postgres(tmp_path / "core"):
+    for deployment in live_redis_postgres(tmp_path / "idle"):
         server = deployment.start_server()
         alice = await Session(server, "alice").login()
         conv = await alice.create_conversation()
         tabs = [await alice.viewer(conv) for _ in range(4)]
-        # Past redis-py's default socket timeout twice over, and the layer's 5 s pop.
-        await asyncio.sleep(14)
+        # Past the subscriber's first PING and its answer's timeout (15 s + 5 s,
+        # chat/fanout/redis/subscriber.py), and redis-py's idle socket timeouts.
+        await asyncio.sleep(21)
         assert [tab.close_code for tab in tabs] == [None] * 4
         client = redis.Redis.from_url(deployment.env["REDIS_URL"])
         # Alice is the only user with sockets here: her sorted set of live connections.

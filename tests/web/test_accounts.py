@@ -16,7 +16,7 @@ from chat.models import Conversation, Membership, Role
 pytestmark = pytest.mark.django_db
 
 GOOD_PASSWORD = "correct-horse-battery-7"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def signup(client, username="newcomer", password=GOOD_PASSWORD, repeat=None, **extra):

@@ -1,6 +1,6 @@
 """The runner's SSE decoding (chat/upstream/chunks.py) against the SDK's own decoder, for any
 events cut into network reads anywhere; the stream and fault cases of the whole runner
-are in tests/test_streaming.py."""
+are in tests/generation/test_streaming.py."""
 
 from hypothesis import given
 from hypothesis import strategies as st

@@ -4,29 +4,13 @@ processes, and a socket of a session signed in before the change is refused."""
 
 import asyncio
 import re
-import uuid
 
 import pytest
 
-from tests.live import PASSWORDS, Deployment, Server, Session
-from tests.test_sse import open_stream
+from tests.live import PASSWORDS, Server, Session, new_user
+from tests.sse_client import open_stream
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(90)]
-
-
-def new_user(deployment: Deployment, *, staff: bool = False) -> str:
-    """A user of this test alone (others share alice and her password)."""
-    name = f"u{uuid.uuid4().hex[:10]}"
-    PASSWORDS[name] = f"pw-{name}-123"
-    flags = "u.is_staff = True; u.is_superuser = True; " if staff else ""
-    deployment.manage(
-        "shell",
-        "-c",
-        "from django.contrib.auth import get_user_model\n"
-        f"u = get_user_model().objects.create_user({name!r}, password={PASSWORDS[name]!r})\n"
-        f"{flags}u.save()\n",
-    )
-    return name
 
 
 async def form_post(session: Session, path: str, data: dict) -> int:

@@ -33,7 +33,7 @@ from chat.models import Message
 from tests import services
 from tests.sockets import connect
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # XADD (the replay log) and PUBLISH (the delta to the group), sent in one write.
 PER_FLUSH_COMMANDS = {"XADD": 1, "PUBLISH": 1}

@@ -1,5 +1,5 @@
 """The page's merge rule (chat/static/chat/merge.js) held to the cases of
-tests/test_merge.py and to chat/domain/merge.py itself, in Chromium: the browser the
+tests/domain/test_merge.py and to chat/domain/merge.py itself, in Chromium: the browser the
 browser tests already drive, so nothing else is needed to run JavaScript. Random
 arrival orders (a fixed seed) must leave the same text, `seq`, status and `sync`
 requests in both rules. Broken copies of the module must fail these checks, so that
@@ -21,9 +21,9 @@ from tests import services
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MERGE_JS = ROOT / "chat" / "static" / "chat" / "merge.js"
-CHROMIUM = "/usr/bin/chromium"  # as tests/test_browser.py
+CHROMIUM = "/usr/bin/chromium"  # as tests/page/test_browser.py
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ORIGIN = "http://merge.test"
 CSP = "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'"
@@ -93,7 +93,7 @@ def piece(rng: random.Random, longest: int) -> str:
 
 
 def random_deliveries(rng: random.Random) -> tuple[list[str], int, list[int]]:
-    """As tests/test_merge.py's strategy: a stream of deltas, the point the viewer's
+    """As tests/domain/test_merge.py's strategy: a stream of deltas, the point the viewer's
     snapshot was taken, and what arrived after it: any subset of deltas, duplicated and
     shuffled (the layer may drop, repeat with reconnects, and a sync races live frames)."""
     texts = [piece(rng, 4) for _ in range(rng.randint(1, 25))]

@@ -22,7 +22,7 @@ from chat.models import AdminAccessLog, Message, ModerationCase, Role
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CASE_ROW = re.compile(r'<th class="field-case"><a href="/admin/chat/moderationcase/(\d+)/change/')
 State = ModerationCase.State
 XSS = (
