@@ -64,4 +64,3 @@ def test_tests_mirror_the_packages():
     assert folders - packages - TEST_FOLDERS_OUTSIDE_THE_APP == set()
     loose = [p.name for p in (ROOT / "tests").glob("test_*.py")]
     assert all(name.removeprefix("test_").removesuffix(".py") in TOP_LEVEL_TESTS for name in loose)
-
