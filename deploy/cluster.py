@@ -16,7 +16,6 @@ the app processes believe nginx's X-Forwarded-For, as it connects from 127.0.0.1
 
 import argparse
 import os
-import secrets
 import signal
 import sys
 import time
@@ -34,6 +33,7 @@ from deploy.harness import (  # noqa: E402
     stop_nginx,
 )
 from project.env import is_on  # noqa: E402
+from project.secret_key import debug_secret_key  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/livechat"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -134,9 +134,8 @@ def main() -> None:
 
     run_dir = args.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    key_file = run_dir / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
+    # Drawn once and kept private (mode 0600), as `make run`'s debug key.
+    secret_key = debug_secret_key(run_dir / "secret_key")
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings",
@@ -147,7 +146,7 @@ def main() -> None:
         "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
         "MODERATION_WORKER": os.environ.get("MODERATION_WORKER", "1"),
     }
-    env.setdefault("DJANGO_SECRET_KEY", key_file.read_text().strip())
+    env.setdefault("DJANGO_SECRET_KEY", secret_key)
     if env["DATABASE_URL"].startswith("postgres"):
         create_database(env["DATABASE_URL"])
     # In the foreground: what they say (the demo users and their link) is for the reader.

@@ -34,7 +34,7 @@ def debug_secret_key(path: Path) -> str:
     key is written whole to a private temporary file, then hard-linked to `path`, which
     fails when the name exists (an exclusive create, like `O_EXCL`); the loser reads the
     winner's key. Where the file cannot be made (a read-only checkout, a filesystem
-    without hard links) the process logs why and uses a key of its own, as before.
+    without hard links) the process logs why and uses a key of its own.
     """
     try:
         return _read(path)

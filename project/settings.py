@@ -132,7 +132,7 @@ CHANNEL_PREFIX = env_str("CHANNEL_PREFIX", "chat")
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 50)
 REDIS_POOL_WAIT_S = env_float("REDIS_POOL_WAIT_S", 10.0)
 # Messages a channel of the layer queues before it drops (a plain consumer's channel;
-# conversation events reach sockets through listeners, which have no queue).
+# conversation events reach sockets through per-process listeners, not these channels).
 CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000)
 # The project's own channel layer (chat/fanout/layer.py) carries every conversation
 # event, on one of its two backends: Redis (every process) or in-process.

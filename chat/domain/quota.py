@@ -12,6 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from chat.domain import sql
+from chat.domain.tokens import estimate_text_tokens
 from chat.exceptions import QuotaExceeded, TooManyGenerations
 from chat.models import Message, TokenUsage
 
@@ -114,5 +115,5 @@ def estimate_for_orphan(*, message: Message) -> tuple[int, int, int] | None:
     if reserved is None:
         return None
     prompt = max(0, reserved - settings.OPENAI_MAX_TOKENS)
-    completion = min(-(-len(message.content) // 4), reserved - prompt)
+    completion = min(estimate_text_tokens(message.content), reserved - prompt)
     return prompt, completion, prompt + completion

@@ -1,4 +1,4 @@
-"""Reads. Sync functions; async callers wrap them with `chat.db.db`."""
+"""Reads. Sync functions; async callers wrap them with `chat.domain.db.db`."""
 
 import uuid
 from typing import TypeVar

@@ -1,4 +1,4 @@
-"""Writes. Keyword-only, typed, sync (async callers use `chat.db.db`)."""
+"""Writes. Keyword-only, typed, sync (async callers use `chat.domain.db.db`)."""
 
 import uuid
 from dataclasses import dataclass, field

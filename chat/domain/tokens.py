@@ -5,6 +5,12 @@ an offline install cannot do)."""
 from collections.abc import Sequence
 
 
+def estimate_text_tokens(text: str) -> int:
+    """About four characters per token, as OpenAI's guide says; rounded up."""
+    return -(-len(text) // 4)
+
+
 def estimate_prompt_tokens(messages: Sequence[dict[str, str]]) -> int:
-    """About four characters per token plus a few per message, as OpenAI's guide says."""
+    """The messages' text (`estimate_text_tokens`, rounded down) plus a few tokens per
+    message and per request, as OpenAI's guide says."""
     return sum(len(m.get("content") or "") // 4 + 4 for m in messages) + 3

@@ -10,8 +10,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from chat.per_loop import PerLoop
-
 log = logging.getLogger(__name__)
 
 Announce = Callable[[str], Awaitable[None]]
@@ -56,11 +54,3 @@ class Announcer:
         # Keeps the map to the conversations active within the last interval.
         for conversation_id in [c for c, t in self._last.items() if t < cutoff]:
             del self._last[conversation_id]
-
-
-# One per event loop: its tasks belong to their loop (tests run many loops).
-_announcers: PerLoop[Announcer] = PerLoop()
-
-
-def get_announcer(announce: Announce, interval_s: float) -> Announcer:
-    return _announcers.get(lambda: Announcer(announce, interval_s))

@@ -39,6 +39,13 @@ def done(message_id: str, message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def resync() -> dict[str, Any]:
+    """Events of the group may have been lost on their way to this process (its
+    subscription was made again after a lost connection): each viewer owes its client a
+    snapshot. Made by the layer itself, for its listeners; never published."""
+    return {"type": "chat.resync"}
+
+
 def serialize(event: dict[str, Any]) -> bytes:
     """An event as it travels between processes."""
     return msgpack.packb(event, use_bin_type=True)

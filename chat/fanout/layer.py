@@ -31,12 +31,18 @@ from typing import Any, Protocol
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
+from chat.fanout import events
 from chat.ops import metrics
 from chat.per_loop import PerLoop
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[dict[str, Any]], None]
+# How long a replay log outlives its stream: late `sync`s still find it, then it is freed.
+FINISHED_LOG_TTL_S = 120
+# How often a process confirms its own viewers in the shared stores (presence, connection
+# counts); entries unconfirmed for much longer belong to a process that is gone.
+LIVENESS_REFRESH_S = 60.0
 # A channel nobody has received on for this long is forgotten with its group memberships
 # (a consumer that ended without leaving its groups).
 IDLE_CHANNEL_EXPIRY_S = 300.0
@@ -159,6 +165,17 @@ class LoopState:
                 log.exception("a listener of %s failed", group)
         for channel in tuple(self.members.get(group, ())):
             self._put(channel, message, strict=False)
+
+    def resubscribed(self) -> None:
+        """This process's subscriptions were made again after a lost connection: every
+        listener of every group is told that events may be missing (`events.resync`).
+        Plain channels are not: the channel layer API is at most once."""
+        for group in tuple(self.listeners):
+            for listener in tuple(self.listeners.get(group, ())):
+                try:
+                    listener(events.resync())
+                except Exception:
+                    log.exception("a listener of %s failed", group)
 
     def deliver_to_channel(self, channel: str, message: dict[str, Any]) -> None:
         self._put(channel, message, strict=False)

@@ -5,14 +5,12 @@ delivered where it is published, and the stores are dicts of this process.
 """
 
 import asyncio
-import time
 from collections import defaultdict
 from typing import Any
 
-from chat.fanout.layer import ConversationLayer, LogEntry, LoopState
+from chat.fanout.layer import FINISHED_LOG_TTL_S, ConversationLayer, LogEntry, LoopState
 
 # How long a finished answer's log stays readable for late `sync`s.
-FINISHED_LOG_TTL_S = 120
 
 
 class _InProcessState(LoopState):
@@ -81,10 +79,10 @@ class InProcessPresence:
 
 class InProcessConnections:
     def __init__(self) -> None:
-        self.open_by_user: dict[int, dict[str, float]] = defaultdict(dict)
+        self.open_by_user: dict[int, set[str]] = defaultdict(set)
 
     async def open(self, user_id: int, viewer_id: str) -> int:
-        self.open_by_user[user_id][viewer_id] = time.time()
+        self.open_by_user[user_id].add(viewer_id)
         return len(self.open_by_user[user_id])
 
     async def refresh(self, user_id: int, viewer_id: str) -> None:
@@ -93,7 +91,7 @@ class InProcessConnections:
     async def close(self, user_id: int, viewer_id: str) -> None:
         viewers = self.open_by_user.get(user_id)
         if viewers is not None:
-            viewers.pop(viewer_id, None)
+            viewers.discard(viewer_id)
             if not viewers:
                 del self.open_by_user[user_id]
 

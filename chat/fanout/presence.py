@@ -13,8 +13,9 @@ from django.conf import settings
 
 from chat import protocol
 from chat.fanout import get_layer
-from chat.fanout.announcer import get_announcer
+from chat.fanout.announcer import Announcer
 from chat.fanout.publish import publish
+from chat.per_loop import PerLoop
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 LEAVE_RETRIES_S = (0.5, 2.0, 8.0, 30.0)
 
 _retrying: set[asyncio.Task[None]] = set()
+# One per event loop: its tasks belong to their loop (tests run many loops).
+_announcers: PerLoop[Announcer] = PerLoop()
 
 
 async def join(conversation_id: str, viewer_id: str, username: str) -> None:
@@ -79,5 +82,5 @@ async def _publish(conversation_id: str) -> None:
 async def announce(conversation_id: str) -> bool:
     """The viewers of a conversation changed: tell every viewer, now (True) or with the
     other changes of the same PRESENCE_INTERVAL_MS (False)."""
-    announcer = get_announcer(_publish, settings.PRESENCE_INTERVAL_MS / 1000)
+    announcer = _announcers.get(lambda: Announcer(_publish, settings.PRESENCE_INTERVAL_MS / 1000))
     return await announcer.changed(conversation_id)

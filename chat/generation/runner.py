@@ -71,8 +71,8 @@ class StreamRequest:
 def without_read_timeout(timeout: float | httpx2.Timeout | None) -> httpx2.Timeout:
     """The client's timeouts but the one per read: a stalled stream is the runner's own
     idle limit's to end (`_until_stopped_or_idle`, which also sees keep-alive comments
-    that a read timeout counts as progress), and aiohttp re-arms a read timeout on every
-    read, a timer created and cancelled per chunk, 6,000 a second at 100 answers."""
+    that a read timeout counts as progress), and a read timeout is a timer armed and
+    cancelled for every read of every stream."""
     base = timeout if isinstance(timeout, httpx2.Timeout) else httpx2.Timeout(timeout)
     return httpx2.Timeout(connect=base.connect, read=None, write=base.write, pool=base.pool)
 

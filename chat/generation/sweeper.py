@@ -21,10 +21,13 @@ from chat.models import Message
 log = logging.getLogger(__name__)
 
 
-def _stale_ids() -> list[tuple[str, str]]:
+def _stale() -> list[tuple[str, str, int]]:
+    """(message, conversation, checkpointed seq) of each answer whose runner stopped
+    beating. A runner that beats after this read is alive: `_mark_interrupted` checks
+    again, so the seq read here is the one any UPDATE would replace."""
     cutoff = timezone.now() - timedelta(seconds=settings.STREAM_STALE_S)
     rows = Message.objects.filter(status=Message.Status.STREAMING, heartbeat_at__lt=cutoff)
-    return [(str(m), str(c)) for m, c in rows.values_list("id", "conversation_id")]
+    return [(str(m), str(c), s) for m, c, s in rows.values_list("id", "conversation_id", "seq")]
 
 
 def _mark_interrupted(message_id: str, text: str | None, seq: int | None) -> Message | None:
@@ -62,24 +65,15 @@ def _mark_interrupted(message_id: str, text: str | None, seq: int | None) -> Mes
 async def sweep() -> int:
     """Interrupt every stale streaming message; returns how many were interrupted."""
     count = 0
-    for message_id, conversation_id in await db(_stale_ids)():
-        logged = None
+    for message_id, conversation_id, checkpoint in await db(_stale)():
+        text, seq = None, None
         try:
             logged = await get_layer().replay.read(conversation_id, message_id)
         except Exception:
+            logged = None
             log.warning("replay log unreadable for %s; keeping the checkpoint", message_id)
-        checkpoint = (
-            await Message.objects.filter(pk=message_id).values_list("seq", flat=True).afirst()
-        )
-        # The log's text when it holds more than the checkpoint (all that viewers saw).
-        text, seq = (
-            logged
-            if logged and checkpoint is not None and logged[1] > checkpoint
-            else (
-                None,
-                None,
-            )
-        )
+        if logged and logged[1] > checkpoint:
+            text, seq = logged  # all that viewers saw, beyond the checkpoint
         message = await db(_mark_interrupted)(message_id, text, seq)
         if message is None:
             continue

@@ -22,7 +22,6 @@ from chat.realtime.attendance import LIVENESS_REFRESH_S
 log = logging.getLogger(__name__)
 
 LAYER_WATCH_INTERVAL_S = 1.0
-RESYNC_AGAIN_AFTER_S = 3.0
 
 # Weak: a closed loop's id may be reused by a new one (tests start many loops).
 _started_loops: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
@@ -66,9 +65,8 @@ async def _confirm_viewers() -> None:
 
 
 async def _watch_layer() -> None:
-    # Events published while Redis was down are lost for good (the layer is at most
-    # once): when it answers again, every viewer gets a fresh snapshot, twice, because
-    # its subscriptions come back on their own schedule and a `done` may fall between.
+    # Says when Redis stops and starts answering. The viewers' snapshots after an
+    # outage come from the layer, once its subscriptions are confirmed again.
     healthy = True
     while True:
         await asyncio.sleep(LAYER_WATCH_INTERVAL_S)
@@ -77,10 +75,7 @@ async def _watch_layer() -> None:
         except Exception:
             up = False
         if up and not healthy:
-            log.warning("Redis is back: resyncing the viewers of this process")
-            for delay in (0.0, RESYNC_AGAIN_AFTER_S):
-                await asyncio.sleep(delay)
-                await sockets.resync_all()
+            log.warning("Redis answers again")
         elif healthy and not up:
             log.warning("Redis is unreachable: live frames are lost until it returns")
         healthy = up

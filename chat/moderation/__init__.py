@@ -21,8 +21,6 @@ Callers use the names below as `moderation.<name>`. The underscored ones are the
 package's own, named here for the tests and the benchmark that measure them.
 """
 
-from django.conf import settings
-
 from chat.moderation.call import Verdict, moderate_text, moderate_texts
 from chat.moderation.cases import (
     BACKOFF_MAX_S,
@@ -125,7 +123,6 @@ __all__ = [
     "run_cases",
     "run_forever",
     "schedule",
-    "settings",  # chat/admin.py's case page reads `moderation.settings`
     "wake",
     "watch",
 ]

@@ -67,8 +67,8 @@ async def _moderations(texts: str | list[str]) -> dict[str, Any]:
     timeout = settings.MODERATION_TIMEOUT_S
     # The JSON as a dict (`cast_to=object`, as the chat stream reads its chunks) and the
     # options per request: the SDK's response models and a client copy per call
-    # (`with_options`) were half its CPU on the event loop, paid for every answer as a
-    # burst of them finishes (docs/decisions.md).
+    # (`with_options`) would cost the event loop more than the call itself, for every
+    # answer as a burst of them finishes (docs/decisions.md).
     request = get_client().post(
         "/moderations",
         body={"model": settings.MODERATION_MODEL, "input": texts},

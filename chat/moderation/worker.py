@@ -116,7 +116,7 @@ def _record_failures(*, case_ids: list[int], error: str) -> None:
 
 
 def _record_results(*, verdicts: dict[int, Verdict]) -> list[tuple[str, VisibilityChange | None]]:
-    """`_record_result` for each case in one trip; each is its own transaction as before.
+    """`_record_result` for each case in one trip; each is its own transaction.
     A case deleted meanwhile (with its conversation) is skipped, not the batch failed."""
     results = []
     for case_id, verdict in verdicts.items():

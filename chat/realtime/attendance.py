@@ -13,10 +13,9 @@ import logging
 from django.conf import settings
 
 from chat.fanout import get_layer, presence
+from chat.fanout.layer import LIVENESS_REFRESH_S
 
 log = logging.getLogger(__name__)
-
-LIVENESS_REFRESH_S = 60.0
 
 
 class Attendance:

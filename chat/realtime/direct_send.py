@@ -86,9 +86,12 @@ AVAILABLE = UNAVAILABLE_BECAUSE is None
 _enabled = False
 
 
-def enabled() -> bool:
-    """Whether this process uses the internals (installed, and not turned off)."""
-    return _enabled
+def wanted() -> bool:
+    """Whether the internals are to be used: the installed versions have them, and the
+    setting does not turn them off."""
+    from django.conf import settings
+
+    return AVAILABLE and settings.DAPHNE_INTERNALS
 
 
 def describe() -> str:
@@ -108,9 +111,7 @@ def describe() -> str:
 def install() -> bool:
     """Hook daphne's websockets (once per process) when the internals are on."""
     global _enabled
-    from django.conf import settings
-
-    if not (AVAILABLE and settings.DAPHNE_INTERNALS):
+    if not wanted():
         return False
     _enabled = True
     if getattr(WebSocketProtocol, "_writes_at_once", False):

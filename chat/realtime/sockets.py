@@ -1,18 +1,15 @@
 """This process's open conversation viewers (sockets and event streams).
 
-The consumers register here; the process's background duties (a Redis comeback's
-resync, liveness refreshes, the drain on SIGTERM) and its gauges read from here, so
+The consumers register here; the process's background duties (liveness refreshes, the
+drain on SIGTERM) and its gauges read from here, so
 none of them imports the consumer.
 """
 
-import asyncio
 import weakref
 from typing import Protocol
 
 
 class LiveSocket(Protocol):
-    async def resync(self) -> None: ...
-
     async def refresh_liveness(self) -> None: ...
 
     async def leave_for_restart(self, code: int) -> None: ...
@@ -33,10 +30,3 @@ def discard(socket: LiveSocket) -> None:
 def live() -> list[LiveSocket]:
     """The open, joined sockets of this process."""
     return list(_open)
-
-
-async def resync_all() -> int:
-    """Have every open socket of this process resend its snapshot; returns how many."""
-    sockets = live()
-    await asyncio.gather(*(s.resync() for s in sockets))
-    return len(sockets)

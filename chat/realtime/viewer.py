@@ -223,8 +223,9 @@ class Viewer:
         await self.send_delta(event)
         metrics.frames_sent.inc()
 
-    async def resync(self) -> None:
-        """Send a fresh snapshot after frames may have been lost (a Redis outage)."""
+    async def chat_resync(self, event: dict[str, Any]) -> None:
+        """Events may have been lost on their way to this process (chat.fanout.events
+        `resync`): send a fresh snapshot."""
         if self.joined:
             self.owe_snapshot()
 

@@ -35,8 +35,8 @@ def build_client() -> openai.AsyncOpenAI:
         )
     if settings.OPENAI_HTTP_TRANSPORT == "aiohttp":
         # The SDK's own aiohttp transport (`openai[aiohttp]`): its C parser reads a
-        # streamed chunk for about half the CPU of httpx2's pure-Python stack
-        # (bench/upstream_cost.py), and a server reads tens of chunks a second per answer.
+        # streamed chunk for less CPU than httpx2's pure-Python stack (bench/upstream_cost.py
+        # measures both), and a server reads tens of chunks a second per answer.
         common["http_client"] = openai.DefaultAioHttpClient()
     # vLLM, Ollama and llama.cpp accept any key; the SDK insists on a non-empty one.
     return openai.AsyncOpenAI(

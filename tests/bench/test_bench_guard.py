@@ -146,7 +146,8 @@ def sql_writes(monkeypatch):
 @pytest.fixture
 def round_trips(monkeypatch):
     """Commands sent to Redis in one write (a pipeline is one), by what they carry: through
-    redis-py, or on this project's own connections (chat/fanout/resp.py: one write per call)."""
+    redis-py, or on this project's own connections (chat/fanout/redis/resp.py: one write
+    per call)."""
     from redis.asyncio import connection
 
     from chat.fanout.redis import resp

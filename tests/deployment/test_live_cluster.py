@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from deploy.cluster import Cluster
-from tests import services
+from tests import live, services
 from tests.live import (
     PASSWORDS,
     ROOT,
@@ -233,10 +233,7 @@ def from_address(cluster: Cluster, address: str) -> httpx2.AsyncClient:
 
 async def form_post(client: httpx2.AsyncClient, path: str, data: dict[str, str]) -> int:
     """Fill the form at `path` (with its CSRF token) and post it: the status."""
-    page = await client.get(path)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    response = await client.post(path, data={**data, "csrfmiddlewaretoken": token})
-    return response.status_code
+    return (await live.form_post(client, path, data)).status_code
 
 
 async def sign_in(address: str, cluster: Cluster, username: str, password: str) -> int:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from tests import live
 from tests.live import PASSWORDS, Server, Session, new_user
 from tests.sse_client import open_stream
 
@@ -14,12 +15,8 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(90)]
 
 
 async def form_post(session: Session, path: str, data: dict) -> int:
-    """Submit a Django form page as a browser does (its CSRF token from the page)."""
-    page = await session.http.get(path)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    response = await session.http.post(
-        path, data={**data, "csrfmiddlewaretoken": token}, headers={"Referer": session.server.url}
-    )
+    """Submit a Django form page as a browser does: the status."""
+    response = await live.form_post(session.http, path, data, Referer=session.server.url)
     return response.status_code
 
 

@@ -168,6 +168,39 @@ async def test_groups_come_back_after_redis_drops_the_connections(tmp_path):
         own.process.stop()
 
 
+@pytest.mark.redis
+async def test_listeners_are_told_to_resync_once_their_subscriptions_are_back(tmp_path):
+    own = OwnRedis(tmp_path)  # a fault test: never the shared Redis
+    own.start()
+    channel_layer = RedisLayer(url=own.url, prefix="t")
+    publisher = sync_redis.Redis.from_url(own.url)
+    heard: asyncio.Queue[dict] = asyncio.Queue()
+    after = {"type": "chat.frame", "text": "after"}
+
+    def listener(event: dict) -> None:
+        heard.put_nowait(event)
+        if event["type"] == "chat.resync":
+            # Told only once the subscription is live again: what is published from
+            # here on arrives.
+            publisher.publish(channel_layer.group_channel("conv.r"), events.serialize(after))
+
+    try:
+        await channel_layer.listen("conv.r", listener)
+        await channel_layer.group_send("conv.r", {"type": "chat.frame", "text": "before"})
+        async with asyncio.timeout(5):
+            assert (await heard.get())["text"] == "before"
+        # Only the pub/sub connection is lost: Redis itself answers all along.
+        publisher.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        async with asyncio.timeout(10):
+            assert await heard.get() == {"type": "chat.resync"}
+            assert await heard.get() == after
+        assert heard.empty()
+    finally:
+        publisher.close()
+        await channel_layer.flush()
+        own.process.stop()
+
+
 async def test_discard_before_add(channel_layer):
     channel = await channel_layer.new_channel(prefix="test-channel")
     await channel_layer.group_discard("test-group", channel)

@@ -355,6 +355,23 @@ async def test_a_socket_that_missed_deltas_gets_a_snapshot_instead_of_a_gap(user
     await Message.objects.filter(pk=streaming.pk).aupdate(status="complete")
 
 
+async def test_a_socket_told_events_were_lost_gets_one_fresh_snapshot(users, conversation):
+    viewer = await connect(users["bob"], conversation.id)
+    # Stored while this process heard nothing of it: only a snapshot can show it.
+    away = await Message.objects.acreate(conversation=conversation, role="user", content="hi")
+    # What the Redis backend does once its subscriptions are confirmed again after a
+    # lost connection (tests/fanout/test_fanout_layer.py shows when it does).
+    get_layer()._state().resubscribed()
+    frame = (await frames_until(viewer, lambda f: f["type"] == "snapshot"))[-1]
+    assert str(away.id) in [m["id"] for m in frame["messages"]]
+    # One snapshot, though both its groups (the conversation's, the user's) were told.
+    later = []
+    while not await viewer.receive_nothing(0.5):
+        later.append(await viewer.receive_json_from())
+    assert "snapshot" not in [f["type"] for f in later]
+    await viewer.disconnect()
+
+
 async def test_a_connect_that_cannot_send_its_snapshot_closes_1013_and_leaves_the_hub(
     users, conversation, monkeypatch
 ):

@@ -27,7 +27,7 @@ class _RedisState(LoopState):
 
     def __init__(self, layer: "RedisLayer") -> None:
         super().__init__(layer)
-        self.subscriber = Subscriber(layer.url)
+        self.subscriber = Subscriber(layer.url, on_resubscribed=self.resubscribed)
         self.lane = Lane(layer.url)
         self._handlers: dict[tuple[str, str], Any] = {}
 

@@ -13,16 +13,13 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from chat.fanout import groups
-from chat.fanout.layer import LogEntry
+from chat.fanout.layer import FINISHED_LOG_TTL_S, LIVENESS_REFRESH_S, LogEntry
 
-# How long a log outlives its stream: late `sync`s still find it, then Redis frees it.
-FINISHED_LOG_TTL_S = 120
 # A log whose runner vanished without finishing is freed after this long.
 RUNNING_LOG_TTL_S = 6 * 3600
 # Presence and connection entries not confirmed for this long belong to a process that
 # is gone; live ones are confirmed every LIVENESS_REFRESH_S.
-LIVENESS_REFRESH_S = 60.0
-LIVENESS_STALE_S = 180.0
+LIVENESS_STALE_S = 3 * LIVENESS_REFRESH_S
 
 Client = Callable[[], aioredis.Redis]
 

@@ -6,11 +6,11 @@ Every process receives every event of every group it wants here, so a message co
 one parse and one callback, nothing per message beyond that.
 
 A lost connection is retried at once and then with a growing pause (at most a second);
-on reconnect every channel is subscribed again. What was published in between is lost
-(at most once): the Redis watcher resyncs every viewer when Redis answers again, and a
-viewer that sees a `seq` gap asks for a snapshot itself (chat/lifecycle/background.py,
-chat/realtime/viewer.py). A connection that stops answering is noticed by a PING every
-`PING_EVERY_S` and dropped.
+on reconnect every channel is subscribed again, and once Redis has confirmed them all,
+`on_resubscribed` is called. What was published in between is lost (at most once): the
+layer tells its listeners, whose viewers send their clients a snapshot
+(chat/fanout/layer.py, chat/realtime/viewer.py). A connection that stops answering is
+noticed by a PING every `PING_EVERY_S` and dropped.
 """
 
 import asyncio
@@ -31,8 +31,9 @@ OnMessage = Callable[[bytes], None]
 class Subscriber:
     """This process's subscriptions (per event loop: sockets belong to their loop)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, on_resubscribed: Callable[[], None] | None = None) -> None:
         self._url = url
+        self._on_resubscribed = on_resubscribed
         self.handlers: dict[bytes, list[OnMessage]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._link = resp.OnDemand(self._connect)
@@ -132,11 +133,20 @@ class Subscriber:
                 await asyncio.sleep(pause)
                 try:
                     await self._link.get()
+                    async with asyncio.timeout(TIMEOUT_S):
+                        await asyncio.gather(
+                            *(asyncio.shield(f) for f in self._confirmations.values())
+                        )
                 except Exception as exc:
                     log.debug("Redis pub/sub reconnect failed: %r", exc)
                     pause = min(max(pause * 2, 0.1), RETRY_MAX_S)
-                else:
-                    log.warning("Redis pub/sub connection restored")
+                    connection = self._link.connection
+                    if connection is not None:
+                        connection.close()  # not every channel confirmed: start over
+                    continue
+                log.warning("Redis pub/sub connection restored")
+                if self._on_resubscribed is not None:
+                    self._on_resubscribed()
         finally:
             self._retrying = None
 

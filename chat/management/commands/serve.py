@@ -29,7 +29,7 @@ def daphne_arguments(*, bind: str, port: int, verbosity: int) -> list[str]:
     """The daphne command line for this deployment's settings."""
     frame_cap = settings.WS_MAX_FRAME_BYTES
     message_cap = frame_cap
-    if not (direct_send.AVAILABLE and settings.DAPHNE_INTERNALS):
+    if not direct_send.wanted():
         message_cap *= SEND_ROOM_WITHOUT_INTERNALS
     return [
         "-b",
