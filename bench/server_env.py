@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from deploy import harness
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"
 )
@@ -33,21 +35,11 @@ SERVER_ENV = {
     "LOG_LEVEL": "WARNING",
     "PYTHONUNBUFFERED": "1",
 }
-# Variables of the caller's shell that would change what is measured.
-SCRUB = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "CHANNEL_PREFIX",
-    "DJANGO_SETTINGS_MODULE",
-    "DJANGO_DEBUG",
-    "STREAM_FLUSH_MS",
-)
 
 
 def scrubbed_env(**extra: str) -> dict[str, str]:
-    """This process's environment without SCRUB's variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in SCRUB}
+    """This process's environment without the variables that name another deployment or
+    change what is measured (the flush window is each step's own), plus `extra`."""
+    env = harness.scrubbed_env("STREAM_FLUSH_MS")
     env.update(extra)
     return env

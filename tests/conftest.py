@@ -2,7 +2,6 @@
 daphne processes, and signed-in sessions."""
 
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,22 +9,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from deploy import harness
 from tests import services
 from tests.live import Deployment, Server, Session, start_simulator
 
 # Each HTTP request of the test clients would otherwise be logged.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
 
-# Variables of the developer's shell that must not leak into the servers under test.
-_SCRUB = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "CHANNEL_PREFIX",
-    "DJANGO_SETTINGS_MODULE",
-    "DJANGO_DEBUG",
-)
 
 SERVER_ENV = {
     "DJANGO_SETTINGS_MODULE": "project.settings",
@@ -54,8 +44,7 @@ SERVER_ENV = {
 
 
 def _base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-    return {**env, **SERVER_ENV}
+    return {**harness.scrubbed_env(), **SERVER_ENV}
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from deploy.harness.processes import (
     manage,
     manage_args,
     ready,
+    scrubbed_env,
     spawn,
     wait_http,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "nginx_binary",
     "ready",
     "render_nginx_conf",
+    "scrubbed_env",
     "spawn",
     "start_moderation_worker",
     "start_nginx",

@@ -2,6 +2,7 @@
 stopping with a signal then a kill, and management commands run to completion."""
 
 import http.client
+import os
 import signal
 import socket
 import subprocess
@@ -56,6 +57,25 @@ class Process:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+# Variables of the caller's shell that name another deployment's services or settings:
+# a deployment started for tests or the benchmark sets its own.
+DEPLOYMENT_VARIABLES = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "CHANNEL_PREFIX",
+    "DJANGO_SETTINGS_MODULE",
+    "DJANGO_DEBUG",
+)
+
+
+def scrubbed_env(*also: str) -> dict[str, str]:
+    """This process's environment without DEPLOYMENT_VARIABLES (nor `also`)."""
+    drop = set(DEPLOYMENT_VARIABLES) | set(also)
+    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 def spawn(args: list[str], env: dict[str, str], log_path: Path, *, append: bool = False) -> Process:
