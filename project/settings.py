@@ -212,6 +212,9 @@ WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 20)
 # Bytes queued for one socket whose peer is not reading before it gets no more live
 # frames (it is sent a fresh snapshot once it has read them); under daphne (below).
 WS_MAX_UNSENT_BYTES = env_int("WS_MAX_UNSENT_BYTES", 1024 * 1024)
+# Bytes of live events after which an event stream ends (EventSource reconnects and resumes
+# from Last-Event-ID): what a reader that stopped reading can make the server hold.
+SSE_MAX_STREAM_BYTES = env_int("SSE_MAX_STREAM_BYTES", 1024 * 1024)
 MAX_GENERATIONS_PER_USER = env_int("MAX_GENERATIONS_PER_USER", 3)  # at once, all conversations
 DAILY_TOKEN_QUOTA = env_int("DAILY_TOKEN_QUOTA", 200_000)  # per user per UTC day; 0: none
 OPENAI_MAX_TOKENS = env_int("OPENAI_MAX_TOKENS", 2048)  # answer cap, also what is reserved

@@ -7,6 +7,10 @@ a `snapshot`, then every group event named by its frame type, with the same rule
 and shows in presence. `delta` events carry `id: <message_id>:<seq>`, so a client
 reconnecting with Last-Event-ID gets only the deltas it missed (from the replay log)
 instead of a new snapshot.
+
+A stream ends after SSE_MAX_STREAM_BYTES of live events (what it sent at the start is not
+counted): the server cannot see how much of a response waits for a reader that stopped
+reading, so this bounds it, and EventSource reconnects and resumes from Last-Event-ID.
 """
 
 import asyncio
@@ -193,6 +197,9 @@ class EventStream(Viewer):
                 joined.append(group)
             self.joined = True
             await self._start(resume)
+            # What the start queued (a snapshot, or the deltas a resume missed) is not
+            # counted against the bound: it is bounded by itself.
+            uncounted, budget = self.out.qsize(), settings.SSE_MAX_STREAM_BYTES
             sockets.add(self)
             await self.attendance.show()
             keepalive = float(getattr(settings, "SSE_KEEPALIVE_S", KEEPALIVE_S))
@@ -208,6 +215,13 @@ class EventStream(Viewer):
                 if item is _END:
                     return
                 yield item
+                if uncounted:
+                    uncounted -= 1
+                    continue
+                budget -= len(item.encode())
+                if budget < 0:
+                    log.info("event stream of user %s reached its byte bound", self.user.pk)
+                    return
         except Exception:
             # The layer or the database failed: end the stream rather than go silent; the
             # client reconnects (EventSource does by itself) and resumes from Last-Event-ID.

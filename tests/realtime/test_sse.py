@@ -424,3 +424,40 @@ async def test_sse_disconnect_leaves_the_group_and_stops_receiving(users, conver
         await reader
     assert not layer.wants(group)
     assert not layer.wants(groups.user(users["bob"].pk))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(30)
+async def test_sse_ends_after_its_byte_bound_of_live_events_and_resumes_from_the_last_id(
+    settings, users, conversation, streaming_message
+):
+    """A reader that stops reading can make the server hold at most SSE_MAX_STREAM_BYTES
+    of one stream; the start (here a snapshot larger than the bound) is not counted."""
+    mid = str(streaming_message.id)
+    settings.SSE_MAX_STREAM_BYTES = 2000
+    await Message.objects.acreate(
+        conversation=conversation, role="user", status="complete", content="q" * 5000, seq=0
+    )
+    stream = await open_in_process(users["bob"], conversation.id)
+    assert (await stream.next()).event == "snapshot"
+    texts = [f"{seq}" + "x" * 499 for seq in range(4, 12)]
+    for seq, text in enumerate(texts, start=4):
+        get_layer().replay.logs[mid].append(text)
+        await fanout.publish_delta(conversation.id, mid, seq, text)
+    received = []
+    with contextlib.suppress(StopAsyncIteration):  # the stream's end, not a timeout
+        while True:
+            received.append(await stream.next())
+    # Deltas of about 600 bytes: the stream ends once it has sent more than 2000 bytes of
+    # live events (its own presence among them), long before the eighth delta.
+    deltas = [e.id for e in received if e.event == "delta"]
+    assert 3 <= len(deltas) <= 4
+    assert deltas == [f"{mid}:{seq}" for seq in range(4, 4 + len(deltas))]
+    # A reconnect with the last id gets exactly the rest, from the replay log.
+    resumed = await open_in_process(
+        users["bob"], conversation.id, headers={"Last-Event-ID": deltas[-1]}
+    )
+    rest = [await resumed.next() for _ in range(8 - len(deltas))]
+    assert [(e.id, e.json()["text"]) for e in rest] == [
+        (f"{mid}:{seq}", texts[seq - 4]) for seq in range(4 + len(deltas), 12)
+    ]
