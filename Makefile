@@ -25,9 +25,14 @@ run: install
 	@echo "Open http://$(HOST):$(PORT)/ and sign in with one of the accounts above."
 	$(BIN)/python manage.py serve -b $(HOST) -p $(PORT)
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist; 0 runs it in this one). Its
+# tests wait on processes and sockets more than they compute, and each deployment keeps
+# to its own database, Redis prefix and ports, so workers cannot see each other's data.
+TEST_WORKERS ?= 2
+
 test: install browser nginx
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # nginx (Debian's) for `make serve-cluster` and the cluster tests.
 nginx:
